@@ -1,0 +1,185 @@
+"""The standard dataset archive that ingest writes once and every later stage reads.
+
+Layout of an archive folder::
+
+    images.npy        float32 (N, S, S), normalised to [-1, 1]        (memory-mapped)
+    masks.npy         uint8   (N, S, S), lesion mask in {0, 1}         (memory-mapped)
+    manifest.parquet  one row per sample, row i describes images[i]   (see MANIFEST_COLUMNS)
+    quarantine.csv    path, reason, message of every file that could not be used
+    archive.json      format version, size, classes, counts, dataset version, content hash
+
+It is written into a hidden temporary folder beside the target and renamed into place only when complete,
+so a killed writer never leaves something that :func:`open_archive` accepts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components.errors import DataError
+
+FORMAT_VERSION = 1
+
+MANIFEST_COLUMNS = [
+    "sample_id",  # stable id: first 16 hex chars of the content hash
+    "source_file",  # path relative to the data folder
+    "source_sha256",  # hash of the source file bytes
+    "content_hash",  # hash of the normalised image+mask arrays
+    "patient",  # salted hash of the patient id
+    "label",  # class name
+    "label_idx",  # index of label in archive classes
+    "modality",
+    "pixel_spacing_row",
+    "pixel_spacing_col",
+    "orig_rows",
+    "orig_cols",
+    "img_min",
+    "img_max",
+    "img_mean",
+    "img_std",
+    "mask_fraction",
+    "mask_binary",
+]
+
+QUARANTINE_COLUMNS = ["path", "reason", "message"]
+
+
+@dataclass
+class Archive:
+    """An opened dataset archive: memory-mapped arrays plus the manifest and metadata."""
+
+    path: Path
+    images: np.ndarray
+    masks: np.ndarray
+    manifest: pd.DataFrame
+    meta: dict[str, Any]
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names, in label-index order."""
+        return list(self.meta["classes"])
+
+    @property
+    def lesion_classes(self) -> list[str]:
+        """Classes whose samples carry a lesion mask."""
+        return list(self.meta["lesion_classes"])
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+
+def open_archive(path: str | os.PathLike[str]) -> Archive:
+    """Open an archive written by :class:`ArchiveWriter`; raise :class:`DataError` if it is missing or broken."""
+    root = Path(path)
+    meta_file = root / "archive.json"
+    if not meta_file.is_file():
+        raise DataError(f"{root}: not a dataset archive (no archive.json); run the ingest stage first")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{root}: archive format {meta.get('format_version')} is not {FORMAT_VERSION}; re-ingest")
+    images = np.load(root / "images.npy", mmap_mode="r")
+    masks = np.load(root / "masks.npy", mmap_mode="r")
+    manifest = pd.read_parquet(root / "manifest.parquet")
+    if not (len(images) == len(masks) == len(manifest) == meta["n"]):
+        raise DataError(f"{root}: archive is inconsistent ({len(images)} images, {len(masks)} masks, "
+                        f"{len(manifest)} manifest rows, {meta['n']} declared)")
+    return Archive(root, images, masks, manifest, meta)
+
+
+def sample_stats(image: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    """Per-image statistics stored in the manifest and checked by the validation suite."""
+    return {
+        "img_min": float(image.min()),
+        "img_max": float(image.max()),
+        "img_mean": float(image.mean()),
+        "img_std": float(image.std()),
+        "mask_fraction": float(mask.mean()),
+        "mask_binary": bool(np.isin(mask, (0, 1)).all()),
+    }
+
+
+def content_hash(image: np.ndarray, mask: np.ndarray) -> str:
+    """SHA-256 of the normalised arrays: equal for the same image exported twice."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(image, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
+    return h.hexdigest()
+
+
+class ArchiveWriter:
+    """Streams samples into a new archive; use as a context manager and call :meth:`commit` at the end.
+
+    Memory stays flat: arrays are written into memory-mapped files of ``capacity`` rows as samples arrive and
+    compacted to the accepted count on commit. Leaving the ``with`` block without commit removes everything.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], capacity: int, image_size: int) -> None:
+        self.path = Path(path)
+        self.capacity = max(int(capacity), 1)
+        self.size = int(image_size)
+        self.rows: list[dict[str, Any]] = []
+        self.quarantine: list[dict[str, str]] = []
+        self._tmp: Path | None = None
+
+    def __enter__(self) -> ArchiveWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
+        shape = (self.capacity, self.size, self.size)
+        self._images = np.lib.format.open_memmap(self._tmp / "images.full.npy", "w+", np.float32, shape)
+        self._masks = np.lib.format.open_memmap(self._tmp / "masks.full.npy", "w+", np.uint8, shape)
+        return self
+
+    def add(self, image: np.ndarray, mask: np.ndarray, row: dict[str, Any]) -> None:
+        """Append one normalised sample and its manifest row (stats and hashes are filled in here)."""
+        i = len(self.rows)
+        if i >= self.capacity:
+            raise ValueError(f"archive capacity {self.capacity} exceeded")
+        self._images[i] = image
+        self._masks[i] = mask
+        digest = content_hash(image, mask)
+        self.rows.append({**row, **sample_stats(image, mask), "content_hash": digest, "sample_id": digest[:16]})
+
+    def reject(self, path: str, reason: str, message: str) -> None:
+        """Record a file that cannot be used."""
+        self.quarantine.append({"path": path, "reason": reason, "message": message})
+
+    def commit(self, meta: dict[str, Any]) -> Path:
+        """Compact, write manifest/quarantine/metadata and atomically move the archive into place."""
+        assert self._tmp is not None, "commit() outside of a with block"
+        n = len(self.rows)
+        for name, full in (("images", self._images), ("masks", self._masks)):
+            out = np.lib.format.open_memmap(self._tmp / f"{name}.npy", "w+", full.dtype, (n, self.size, self.size))
+            for start in range(0, n, 1024):  # chunked copy keeps memory flat
+                out[start:start + 1024] = full[start:start + 1024]
+            out.flush()
+            del out
+        del self._images, self._masks
+        (self._tmp / "images.full.npy").unlink()
+        (self._tmp / "masks.full.npy").unlink()
+        manifest = pd.DataFrame(self.rows, columns=MANIFEST_COLUMNS)
+        manifest.to_parquet(self._tmp / "manifest.parquet", index=False)
+        pd.DataFrame(self.quarantine, columns=QUARANTINE_COLUMNS).to_csv(self._tmp / "quarantine.csv", index=False)
+        dataset_hash = hashlib.sha256("".join(sorted(manifest["content_hash"])).encode()).hexdigest()
+        full_meta = {**meta, "format_version": FORMAT_VERSION, "n": n, "image_size": self.size,
+                     "n_quarantined": len(self.quarantine), "dataset_hash": dataset_hash}
+        (self._tmp / "archive.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True))
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        os.replace(self._tmp, self.path)
+        self._tmp = None
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None

@@ -1,0 +1,298 @@
+"""Typed pipeline configuration: nested dataclasses, named presets and ``key=value`` overrides.
+
+The resolved configuration travels through the pipeline as JSON (one string parameter per component), is saved
+next to every run's outputs and logged to MLflow, so a run can always be reproduced from its record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from components.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """What the images are and how they are normalised."""
+
+    image_size: int = 64
+    classes: list[str] = field(default_factory=lambda: ["normal", "benign", "malignant"])
+    lesion_classes: list[str] = field(default_factory=lambda: ["benign", "malignant"])
+    # Window in modality units (e.g. HU). None: take WindowCenter/Width from the header, then robust percentiles.
+    window_center: float | None = None
+    window_width: float | None = None
+
+
+@dataclass
+class IngestConfig:
+    """DICOM decoding limits and quarantine policy."""
+
+    max_quarantine_fraction: float = 0.2
+    # Refuse to decode a file whose declared Rows*Columns*Frames*BitsAllocated/8 exceeds this many bytes.
+    max_decoded_bytes: int = 256 * 1024 * 1024
+    workers: int = 2
+    # Name of the environment variable holding the patient-ID salt; without it a per-project salt file is used.
+    salt_env: str = "MEDGAN_PATIENT_SALT"
+
+
+@dataclass
+class ValidateConfig:
+    """Thresholds of the great-expectations suite."""
+
+    min_images_per_class: int = 5
+    min_patients: int = 3
+    image_min: float = -1.0
+    image_max: float = 1.0
+    max_mask_fraction: float = 0.5
+    # A class whose share of the data drops below this fraction is reported as a warning, not a failure.
+    warn_min_class_fraction: float = 0.02
+
+
+@dataclass
+class SplitConfig:
+    """Patient-level split and class rebalancing."""
+
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    strategy: str = "weighted-sampler"  # none | weighted-sampler | class-weighted-loss
+    # Sample weight of a class = count ** -power (1.0: uniform over classes, 0.0: as in the data).
+    sampler_power: float = 0.75
+
+
+@dataclass
+class TrainConfig:
+    """Class-conditional GAN and its stabilisers."""
+
+    steps: int = 600
+    batch_size: int = 32
+    z_dim: int = 64
+    g_channels: int = 32
+    d_channels: int = 32
+    lr_g: float = 2e-4
+    lr_d: float = 4e-4  # two time-scale update rule: D learns faster than G
+    beta1: float = 0.0
+    beta2: float = 0.99
+    loss: str = "hinge"  # hinge | nonsaturating
+    r1_gamma: float = 0.1
+    r1_interval: int = 16  # lazy R1: regularise D every this many steps
+    ema_decay: float = 0.999
+    diffaugment: str = "translation,cutout"  # comma list of: color, translation, cutout; empty for none
+    nproc: int = 1  # processes for torchrun --standalone (DDP)
+    device: str = "auto"  # auto | cpu | cuda
+    checkpoint_every: int = 200
+    log_every: int = 25
+    sample_every: int = 200
+
+
+@dataclass
+class EvalConfig:
+    """Metrics and the review report."""
+
+    feature_extractor: str = "inception"
+    fid_samples: int = 128  # synthetic samples drawn for FID/KID (real side: the whole real training split)
+    kid_subset_size: int = 64
+    kid_subsets: int = 20
+    bootstrap: int = 50
+    seg_epochs: int = 6
+    seg_batch_size: int = 16
+    synth_per_class: int = 48  # synthetic pairs added per lesion class for the real+synthetic Dice run
+    nn_copy_threshold: float = 0.97  # cosine similarity above which a synthetic sample is flagged as a near copy
+
+
+@dataclass
+class GateMetric:
+    """One metric the promotion gate compares; ``mode`` says whether lower or higher is better."""
+
+    name: str = "fid"
+    mode: str = "min"
+    margin: float = 0.0
+
+
+@dataclass
+class RegistryConfig:
+    """MLflow model registry and the champion/challenger gate."""
+
+    model_name: str = "medgan-generator"
+    gate: list[GateMetric] = field(default_factory=lambda: [GateMetric("fid", "min", 0.0)])
+
+
+@dataclass
+class TrackingConfig:
+    """Where runs are tracked. An empty URI means SQLite inside the project's run folder."""
+
+    tracking_uri: str = ""
+    experiment: str = "medgan"
+
+
+@dataclass
+class Config:
+    """The whole resolved configuration of one pipeline run."""
+
+    preset: str = "quickstart"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_json(self) -> str:
+        """Serialise to JSON (the form passed between pipeline components)."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        """Rebuild a config from :meth:`to_json` output."""
+        return _build(cls, json.loads(text), "")
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted ``key: value`` pairs, as logged to MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, obj: Any) -> None:
+            if isinstance(obj, dict):
+                for k, v in obj.items():
+                    walk(f"{prefix}{k}.", v)
+            else:
+                out[prefix[:-1]] = obj
+
+        walk("", asdict(self))
+        return out
+
+
+# Presets override the dataclass defaults; each is a nested dict of the fields it changes.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quickstart": {},
+    # Seconds-long runs for tests and --dry-run style smoke checks.
+    "tiny": {
+        "data": {"image_size": 32},
+        "ingest": {"workers": 1},
+        "validate": {"min_images_per_class": 2, "min_patients": 2},
+        "train": {"steps": 6, "batch_size": 8, "z_dim": 16, "g_channels": 8, "d_channels": 8,
+                  "checkpoint_every": 3, "log_every": 2, "sample_every": 3, "r1_interval": 2},
+        "eval": {"feature_extractor": "pixels", "fid_samples": 16, "kid_subset_size": 8, "kid_subsets": 4,
+                 "bootstrap": 5, "seg_epochs": 1, "seg_batch_size": 8, "synth_per_class": 4},
+    },
+    "ct-128": {
+        "data": {"image_size": 128, "window_center": 40.0, "window_width": 400.0},
+        "train": {"steps": 20000, "batch_size": 64, "g_channels": 64, "d_channels": 64, "z_dim": 128,
+                  "checkpoint_every": 1000, "log_every": 100, "sample_every": 1000, "device": "cuda"},
+        "eval": {"fid_samples": 2000, "kid_subset_size": 500, "kid_subsets": 50, "bootstrap": 200,
+                 "seg_epochs": 40, "synth_per_class": 500},
+    },
+    "ct-256": {
+        "data": {"image_size": 256, "window_center": 40.0, "window_width": 400.0},
+        "train": {"steps": 50000, "batch_size": 32, "g_channels": 64, "d_channels": 64, "z_dim": 128,
+                  "checkpoint_every": 2000, "log_every": 100, "sample_every": 2000, "device": "cuda"},
+        "eval": {"fid_samples": 5000, "kid_subset_size": 1000, "kid_subsets": 50, "bootstrap": 200,
+                 "seg_epochs": 60, "synth_per_class": 1000},
+    },
+}
+
+
+def resolve(preset: str = "quickstart", overrides: list[str] | None = None) -> Config:
+    """Build the config of ``preset`` with ``key=value`` overrides (e.g. ``train.steps=100``) applied."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(sorted(PRESETS))}")
+    cfg = _merge(asdict(Config()), PRESETS[preset], "")
+    cfg["preset"] = preset
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.steps=100)")
+        _set_dotted(cfg, key.strip(), _parse_value(raw.strip()))
+    return _build(Config, cfg, "")
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _unknown_key(key: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(known)}"
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], prefix: str) -> dict[str, Any]:
+    for key, value in update.items():
+        if key not in base:
+            raise _unknown_key(prefix + key, list(base))
+        if isinstance(base[key], dict) and isinstance(value, dict):
+            _merge(base[key], value, f"{prefix}{key}.")
+        else:
+            base[key] = value
+    return base
+
+
+def _set_dotted(cfg: dict[str, Any], key: str, value: Any) -> None:
+    node = cfg
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            raise _unknown_key(key, list(node) if isinstance(node, dict) else [])
+        if i == len(parts) - 1:
+            node[part] = value
+        else:
+            node = node[part]
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    """Instantiate dataclass ``cls`` from plain data, checking every field's type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {path or 'root'!r} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            raise _unknown_key(path + key, sorted(known))
+    kwargs = {name: _coerce(hints[name], data[name], path + name) for name in known if name in data}
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, path)
+    if origin is list:
+        if not isinstance(value, list):
+            if isinstance(value, str) and args and args[0] is str:
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            else:
+                raise ConfigError(f"config key {path!r} must be a list, got {value!r}")
+        return [_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {path!r} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {path!r} must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config key {path!r} must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        return str(value)
+    return value

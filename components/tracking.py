@@ -1,0 +1,156 @@
+"""MLflow tracking behind a small logger interface (``log_*`` and ``close``).
+
+All stages of one pipeline run log into ONE MLflow run, found by its ``medgan.run_key`` tag (created by the first
+stage that asks). Stages run one after another, so find-or-create is race free. Locally the backend is SQLite in
+the project's run folder; on Kubernetes it is a tracking server with a PostgreSQL backend.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RUN_KEY_TAG = "medgan.run_key"
+
+
+def project_runs_dir(project_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The folder that holds local MLflow data, pipeline outputs and the patient-ID salt."""
+    base = Path(project_dir) if project_dir else Path(os.environ.get("MEDGAN_HOME", Path.cwd()))
+    return (base / "runs").resolve()
+
+
+def default_tracking_uri(project_dir: str | os.PathLike[str] | None = None) -> str:
+    """SQLite tracking store inside the project's run folder."""
+    runs = project_runs_dir(project_dir)
+    runs.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{runs / 'mlflow.db'}"
+
+
+def _artifact_location(tracking_uri: str) -> str | None:
+    # With a SQLite store MLflow would put artifacts under ./mlruns of whatever the cwd is; keep them beside the db.
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def get_or_create_experiment(tracking_uri: str, name: str) -> str:
+    """Return the id of experiment ``name``, creating it (with a local artifact root for SQLite) if needed."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri))
+
+
+class RunTracker:
+    """Logs params, metrics, images and files of one pipeline run to MLflow."""
+
+    def __init__(self, tracking_uri: str, experiment: str, run_key: str, run_name: str | None = None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        self.experiment_id = get_or_create_experiment(tracking_uri, experiment)
+        found = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=1
+        )
+        if found:
+            self.run_id = found[0].info.run_id
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=run_name or run_key, tags={RUN_KEY_TAG: run_key})
+            self.run_id = run.info.run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log parameters (values are stringified; MLflow limits them to 6000 characters)."""
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.run_id).data.params
+        fresh = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+        for start in range(0, len(fresh), 100):
+            self.client.log_batch(self.run_id, params=fresh[start:start + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Log numeric metrics at ``step``; non-finite values are skipped, as MLflow rejects them in some stores."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, int(step or 0)) for k, v in metrics.items() if np.isfinite(v)]
+        for start in range(0, len(batch), 500):
+            self.client.log_batch(self.run_id, metrics=batch[start:start + 500])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        """Set run tags."""
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        """Upload a file or a folder."""
+        p = Path(path)
+        if p.is_dir():
+            self.client.log_artifacts(self.run_id, str(p), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(p), artifact_path)
+
+    def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
+        """Upload ``data`` as a JSON file."""
+        self._log_bytes(json.dumps(data, indent=2, sort_keys=True, default=str).encode(), artifact_file)
+
+    def log_image(self, image: np.ndarray, artifact_file: str) -> None:
+        """Upload a uint8 HxW or HxWx3 array as a PNG."""
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG")
+        self._log_bytes(buf.getvalue(), artifact_file)
+
+    def _log_bytes(self, data: bytes, artifact_file: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / Path(artifact_file).name
+            target.write_bytes(data)
+            parent = str(Path(artifact_file).parent)
+            self.client.log_artifact(self.run_id, str(target), None if parent == "." else parent)
+
+    def close(self, status: str | None = None) -> None:
+        """Mark the run finished (or ``FAILED``/``KILLED``) when ``status`` is given; otherwise leave it open."""
+        if status:
+            self.client.set_terminated(self.run_id, status)
+
+
+class NullTracker:
+    """Same interface, logs nothing: for ranks other than 0 and for library use without MLflow."""
+
+    run_id = ""
+
+    def log_params(self, params: dict[str, Any]) -> None:  # noqa: D102
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:  # noqa: D102
+        pass
+
+    def set_tags(self, tags: dict[str, Any]) -> None:  # noqa: D102
+        pass
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:  # noqa: D102
+        pass
+
+    def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:  # noqa: D102
+        pass
+
+    def log_image(self, image: np.ndarray, artifact_file: str) -> None:  # noqa: D102
+        pass
+
+    def close(self, status: str | None = None) -> None:  # noqa: D102
+        pass
+
+
+Tracker = RunTracker | NullTracker

@@ -1,0 +1,62 @@
+"""The Kubeflow pipeline: stage components wired into a DAG. No stage logic lives here."""
+
+from kfp import dsl
+from kfp.dsl import HTML
+
+from components.evaluate.component import evaluate_op
+from components.ingest.component import ingest_op
+from components.rebalance.component import rebalance_op
+from components.register.component import apply_gate_op, register_op
+from components.track.component import open_run_op
+from components.train.component import train_op
+from components.validate.component import validate_op
+
+PIPELINE_NAME = "medgan-ops"
+
+
+@dsl.pipeline(name=PIPELINE_NAME, description="DICOM -> validated dataset -> class-conditional GAN -> gated model.")
+def medgan_pipeline(
+    data_dir: str,
+    config_json: str,
+    tracking_json: str,
+    dataset_version_json: str = "{}",
+    cache_dir: str = "",
+) -> HTML:
+    """Train, evaluate and register a class-conditional GAN from a DICOM folder.
+
+    Steps:
+      1. open-run: create the MLflow run; log the resolved config and the dataset's DVC lineage.
+      2. ingest: DICOM + labels.csv -> one dataset archive (normalised arrays, manifest, quarantine).
+      3. validate: great-expectations suite + Data Docs; critical failures stop the run here.
+      4. rebalance: patient-level stratified split and class sampling weights.
+      5. train: class-conditional GAN (image + lesion mask), DDP via torchrun.
+      6. evaluate: FID/KID with CIs, Dice real vs real+synthetic, memorization audit, review report.
+      7. register: MLflow model version as `challenger`, gate decision against `champion`.
+      8. gate: if the challenger wins, promote it to `champion`; else record the rejection. Both finalise the report.
+    """
+    opened = open_run_op(config_json=config_json, tracking_json=tracking_json,
+                         dataset_version_json=dataset_version_json).set_display_name("open MLflow run")
+    ingest = ingest_op(data_dir=data_dir, config_json=config_json, tracking_json=tracking_json,
+                       dataset_version_json=dataset_version_json, mlflow_run_id=opened.output)
+    ingest.set_display_name("ingest DICOM")
+    validate = validate_op(archive=ingest.outputs["archive"], config_json=config_json, tracking_json=tracking_json)
+    validate.set_display_name("validate data (great-expectations)")
+    rebalance = rebalance_op(archive=ingest.outputs["archive"], validation=validate.outputs["Output"], config_json=config_json,
+                             tracking_json=tracking_json).set_display_name("patient-level split + rebalance")
+    train = train_op(archive=ingest.outputs["archive"], split=rebalance.outputs["split"], config_json=config_json,
+                     tracking_json=tracking_json).set_display_name("train GAN")
+    evaluate = evaluate_op(archive=ingest.outputs["archive"], split=rebalance.outputs["split"],
+                           model=train.outputs["model"], validation=validate.outputs["Output"], config_json=config_json,
+                           tracking_json=tracking_json, cache_dir=cache_dir).set_display_name("evaluate")
+    register = register_op(model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"],
+                           archive=ingest.outputs["archive"], config_json=config_json,
+                           tracking_json=tracking_json).set_display_name("register challenger")
+    with dsl.If(register.outputs["decision"] == "promote", name="challenger-wins"):
+        promote = apply_gate_op(decision_json=register.outputs["decision_json"],
+                                evaluation=evaluate.outputs["evaluation"], tracking_json=tracking_json)
+        promote.set_display_name("promote to champion")
+    with dsl.Else(name="champion-stays"):
+        reject = apply_gate_op(decision_json=register.outputs["decision_json"],
+                               evaluation=evaluate.outputs["evaluation"], tracking_json=tracking_json)
+        reject.set_display_name("record rejection")
+    return dsl.OneOf(promote.outputs["report"], reject.outputs["report"])
