@@ -133,3 +133,22 @@ def synthetic_archive(tmp_path):
         return write_synthetic_archive(tmp_path / f"archive{next(counter)}", labels, patients, **kw)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def split_dir(archive_dir, tiny_cfg, tmp_path_factory) -> Path:
+    from components.rebalance.core import rebalance
+
+    out = tmp_path_factory.mktemp("split") / "split"
+    rebalance(archive_dir, out, tiny_cfg)
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_dir(archive_dir, split_dir, tiny_cfg, tmp_path_factory) -> Path:
+    """A generator trained for the tiny preset's few steps (real training, tiny sizes)."""
+    from components.train.core import train
+
+    out = tmp_path_factory.mktemp("model") / "model"
+    train(archive_dir, split_dir, out, tiny_cfg, None)
+    return out
