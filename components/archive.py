@@ -160,7 +160,7 @@ class ArchiveWriter:
         for name, full in (("images", self._images), ("masks", self._masks)):
             out = np.lib.format.open_memmap(self._tmp / f"{name}.npy", "w+", full.dtype, (n, self.size, self.size))
             for start in range(0, n, 1024):  # chunked copy keeps memory flat
-                out[start:start + 1024] = full[start:start + 1024]
+                out[start:start + 1024] = full[start:min(start + 1024, n)]
             out.flush()
             del out
         del self._images, self._masks

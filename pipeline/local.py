@@ -60,6 +60,23 @@ def patient_salt(runs: Path, env_name: str) -> str:
     return path.read_text().strip()
 
 
+def _mark_failed(tracking: dict[str, str]) -> None:
+    """Close the pipeline's MLflow run as FAILED so it does not look like it is still running."""
+    from mlflow.tracking import MlflowClient
+
+    from components.tracking import RUN_KEY_TAG
+
+    try:
+        client = MlflowClient(tracking["tracking_uri"])
+        exp = client.get_experiment_by_name(tracking["experiment"])
+        if exp is None:
+            return
+        for run in client.search_runs([exp.experiment_id], f"tags.`{RUN_KEY_TAG}` = '{tracking['run_key']}'"):
+            client.set_terminated(run.info.run_id, "FAILED")
+    except Exception:  # noqa: BLE001 - best effort: the original failure is what the user must see
+        pass
+
+
 def new_run_key() -> str:
     """A sortable, unique key naming the pipeline run (MLflow tag, output folder)."""
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
@@ -98,6 +115,7 @@ def run_local(data_dir: str | os.PathLike[str], cfg: Config, project_dir: str | 
             cache_dir=str(runs / "cache"),
         )
     except Exception as exc:  # noqa: BLE001 - kfp wraps task failures in generic exceptions
+        _mark_failed(tracking)
         if error_file.is_file():
             err = json.loads(error_file.read_text())
             raise MedganError(f"pipeline stopped at {err['stage']}: {err['message']}") from None

@@ -1,0 +1,407 @@
+"""Ingest: a folder of DICOM files plus ``labels.csv`` -> one standard dataset archive.
+
+Raw DICOM is parsed here once; every later stage reads the archive (see :mod:`components.archive`). Files that
+cannot be used are quarantined with a reason code instead of failing the run, unless too many are; patient ids
+are replaced by salted hashes and no PHI header value is written anywhere.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import math
+import multiprocessing
+import os
+from collections import Counter, deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from components.archive import ArchiveWriter, content_hash
+from components.config import Config
+from components.dicomio import INTERPOLATION, ImageRejected, read_dicom, read_mask
+from components.dicomio import REASONS as DECODE_REASONS
+from components.errors import DataError
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("file", "label")
+OPTIONAL_COLUMNS = ("patient_id", "mask_file")
+
+# Reasons decided here, from labels.csv and the decoded arrays; decoding reasons come from components.dicomio.
+INGEST_REASONS: dict[str, str] = {
+    "path_escape": "the file or mask path leads outside the data folder ('..', absolute path or symlink); not read",
+    "file_missing": "the file or mask named in labels.csv does not exist",
+    "unknown_class": "the label is not one of data.classes",
+    "mask_missing": "a lesion-class row without a mask_file",
+    "mask_empty": "a lesion-class row whose mask has no lesion pixel at the configured image size",
+    "mask_conflict": "a non-lesion row whose mask marks lesion pixels",
+    "patient_missing": "no patient_id in labels.csv and no PatientID in the header",
+    "duplicate": "the same normalised image and mask as an earlier row",
+}
+REASONS: dict[str, str] = {**INGEST_REASONS, **DECODE_REASONS}
+
+PATIENT_HASH_CHARS = 16
+# Decoded results waiting to be written, per worker: enough to keep workers busy, small enough for flat memory.
+_IN_FLIGHT_PER_WORKER = 8
+
+
+@dataclass
+class _Task:
+    """One labels.csv row that passed the cheap checks and is sent to a decoding worker."""
+
+    rel: str
+    path: str
+    mask_rel: str
+    mask_path: str | None
+
+
+@dataclass
+class _Outcome:
+    """What a worker returns for a task: arrays and header facts, or the reason it was rejected."""
+
+    reason: str | None = None
+    detail: str = ""
+    on_mask: bool = False
+    image: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    header_patient_id: str | None = None  # PHI: hashed by the parent, never stored
+
+
+@dataclass
+class _Row:
+    """A labels.csv row after planning: a task to decode, or an early rejection."""
+
+    number: int  # 1-based data row number in labels.csv (the header is row 0)
+    rel: str
+    label: str
+    patient_id: str
+    task: _Task | None = None
+    reason: str | None = None
+    message: str = ""
+
+
+def ingest(
+    data_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    cfg: Config,
+    dataset_version: dict[str, Any] | None = None,
+    salt: str | None = None,
+) -> dict[str, Any]:
+    """Convert ``data_dir`` (DICOM files + ``labels.csv``) into the dataset archive at ``out_dir``.
+
+    ``labels.csv`` needs columns ``file`` (path relative to ``data_dir``) and ``label`` (one of
+    ``cfg.data.classes``); ``patient_id`` is optional (else the header's PatientID) and so is ``mask_file`` (a
+    lesion mask image, required for ``cfg.data.lesion_classes``). The patient-id salt is ``salt``, else the
+    environment variable named by ``cfg.ingest.salt_env``.
+
+    Returns a summary: ``archive``, ``n_rows``, ``n_ok``, ``n_quarantined``, ``quarantined_by_reason``,
+    ``counts`` (per class) and ``n_patients``. Raises :class:`DataError` for a missing folder or a bad
+    labels.csv, a missing salt, and when more than ``cfg.ingest.max_quarantine_fraction`` of the rows are
+    quarantined; then nothing is written at ``out_dir``.
+    """
+    data = _data_folder(data_dir)
+    labels_path = data / "labels.csv"
+    table = read_labels(labels_path)
+    salt_value = _salt(salt, cfg)
+    rows = [_plan(i + 1, record, data, cfg) for i, record in enumerate(table)]
+    accepted = _Accepted(cfg, salt_value)
+    tasks = [r.task for r in rows if r.task is not None]
+    out = Path(out_dir)
+    with (
+        ArchiveWriter(out, capacity=len(rows), image_size=cfg.data.image_size) as writer,
+        closing(_decode_all(tasks, cfg)) as outcomes,
+    ):
+        for row in tqdm(rows, desc="ingest", unit="file", mininterval=1.0):
+            if row.task is None:
+                writer.reject(row.rel, str(row.reason), row.message)
+                continue
+            got = next(outcomes)
+            reason, message = accepted.check(row, got)
+            if reason is None:
+                assert got.image is not None and got.mask is not None
+                writer.add(got.image, got.mask, accepted.add(row, got))
+            else:
+                writer.reject(row.rel, reason, message)
+        n_bad = len(writer.quarantine)
+        by_reason = dict(sorted(Counter(q["reason"] for q in writer.quarantine).items()))
+        _check_quarantine(labels_path, len(rows), n_bad, by_reason, writer.quarantine, cfg)
+        meta = {
+            "classes": accepted.classes,
+            "lesion_classes": list(cfg.data.lesion_classes),
+            "dataset_version": dataset_version or {},
+            "counts": dict(accepted.counts),
+            "quarantined_by_reason": by_reason,
+            "n_rows": len(rows),
+            "n_patients": len(accepted.patients),
+            "labels_sha256": _file_sha256(labels_path),
+            "patient_hash": f"sha256(salt + patient_id)[:{PATIENT_HASH_CHARS}]",
+            "window": {
+                "center": cfg.data.window_center,
+                "width": cfg.data.window_width,
+                "sources": dict(sorted(accepted.window_sources.items())),
+            },
+            "interpolation": INTERPOLATION,
+        }
+        path = writer.commit(meta)
+    summary = {
+        "archive": str(path),
+        "n_rows": len(rows),
+        "n_ok": len(rows) - n_bad,
+        "n_quarantined": n_bad,
+        "quarantined_by_reason": by_reason,
+        "counts": dict(accepted.counts),
+        "n_patients": len(accepted.patients),
+    }
+    log.info(
+        "ingest: %d of %d files accepted, %d quarantined %s -> %s", summary["n_ok"], len(rows), n_bad, by_reason, path
+    )
+    return summary
+
+
+def read_labels(path: Path) -> list[dict[str, str]]:
+    """Rows of ``labels.csv`` as dicts with stripped values (``""`` for missing cells); DataError if unusable."""
+    if not path.is_file():
+        raise DataError(
+            f"{path} not found: the data folder needs a labels.csv with columns file,label "
+            "(optional: patient_id, mask_file)"
+        )
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            header = [h.strip().lower() for h in reader.fieldnames or []]
+            if not header:
+                raise DataError(
+                    f"{path} is empty: it needs a header line (file,label[,patient_id,mask_file]) and one row per image"
+                )
+            missing = [c for c in REQUIRED_COLUMNS if c not in header]
+            if missing:
+                raise DataError(
+                    f"{path} lacks required column(s) {', '.join(missing)}; found columns: "
+                    f"{', '.join(header)} (expected file,label[,patient_id,mask_file])"
+                )
+            reader.fieldnames = header
+            rows = [{k: (v or "").strip() for k, v in rec.items() if k is not None} for rec in reader]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise DataError(f"{path} is not a valid CSV file: {exc}") from None
+    rows = [r for r in rows if any(r.values())]  # blank lines are not rows
+    if not rows:
+        raise DataError(f"{path} has a header but no rows: add one row per image (file,label,...)")
+    return rows
+
+
+def hash_patient(salt: str, patient_id: str) -> str:
+    """Salted, truncated SHA-256 of a patient id: stable within a project, not reversible without the salt."""
+    return hashlib.sha256((salt + patient_id).encode("utf-8")).hexdigest()[:PATIENT_HASH_CHARS]
+
+
+def _data_folder(data_dir: str | os.PathLike[str]) -> Path:
+    data = Path(data_dir)
+    if not data.exists():
+        raise DataError(
+            f"data folder {data} does not exist; create a sample with `medgan phantom --out {data}` "
+            "or point --data at your DICOM folder"
+        )
+    if not data.is_dir():
+        raise DataError(f"data path {data} is not a folder")
+    return data.resolve()
+
+
+def _salt(salt: str | None, cfg: Config) -> str:
+    if salt:
+        return salt
+    value = os.environ.get(cfg.ingest.salt_env, "")
+    if not value:
+        raise DataError(
+            f"no patient-id salt: set the environment variable {cfg.ingest.salt_env} (a long random "
+            "secret kept with the project) or pass salt= to ingest()"
+        )
+    return value
+
+
+def _inside(data: Path, rel: str) -> Path | None:
+    """``data/rel`` with symlinks resolved, or None when it leads outside ``data`` (never opened in that case)."""
+    try:
+        resolved = (data / rel).resolve()
+    except (OSError, ValueError):  # a NUL byte, a symlink loop: nothing we could safely open
+        return None
+    return resolved if resolved.is_relative_to(data) else None
+
+
+def _plan(number: int, record: dict[str, str], data: Path, cfg: Config) -> _Row:
+    """The checks that need no decoding: paths, existence, class, mask presence."""
+    rel, label = record.get("file", ""), record.get("label", "")
+    mask_rel = record.get("mask_file", "")
+    row = _Row(number, rel or f"<labels.csv row {number}>", label, record.get("patient_id", ""))
+
+    def reject(reason: str, message: str) -> _Row:
+        row.reason, row.message = reason, f"{row.rel}: {message}"
+        return row
+
+    if not rel:
+        return reject("file_missing", f"labels.csv row {number} has an empty file field")
+    path = _inside(data, rel)
+    if path is None:
+        return reject("path_escape", "path leads outside the data folder ('..', absolute path or symlink); not read")
+    if not path.is_file():
+        return reject("file_missing", "file not found in the data folder")
+    if label not in cfg.data.classes:
+        return reject("unknown_class", f"class {label!r} is not one of data.classes ({', '.join(cfg.data.classes)})")
+    mask_path = None
+    if mask_rel:
+        mask_path = _inside(data, mask_rel)
+        if mask_path is None:
+            return reject("path_escape", f"mask {mask_rel} leads outside the data folder; not read")
+        if not mask_path.is_file():
+            return reject("file_missing", f"mask file {mask_rel} not found in the data folder")
+    elif label in cfg.data.lesion_classes:
+        return reject("mask_missing", f"class {label!r} is a lesion class but the row has no mask_file")
+    row.task = _Task(rel, str(path), mask_rel, str(mask_path) if mask_path else None)
+    return row
+
+
+class _Accepted:
+    """The samples admitted so far: duplicate detection, patient hashes and per-class counts."""
+
+    def __init__(self, cfg: Config, salt: str) -> None:
+        self.classes = list(cfg.data.classes)
+        self.lesion_classes = set(cfg.data.lesion_classes)
+        self.size = cfg.data.image_size
+        self.salt = salt
+        self.seen: dict[str, str] = {}  # content hash -> first file with it
+        self.patients: set[str] = set()
+        self.counts: Counter[str] = Counter({c: 0 for c in self.classes})
+        self.window_sources: Counter[str] = Counter()
+
+    def check(self, row: _Row, got: _Outcome) -> tuple[str | None, str]:
+        """Reason and message if the decoded sample cannot be admitted, else ``(None, "")``."""
+        if got.reason is not None:
+            where = f"{row.rel} (mask {row.task.mask_rel})" if got.on_mask and row.task else row.rel
+            return got.reason, f"{where}: {got.detail}"
+        assert got.mask is not None and got.image is not None
+        lesion_pixels = int(got.mask.sum())
+        if row.label in self.lesion_classes and lesion_pixels == 0:
+            return "mask_empty", (
+                f"{row.rel}: lesion mask is empty at image size {self.size} (empty mask file, or a lesion too small "
+                "to survive resizing)"
+            )
+        if row.label not in self.lesion_classes and lesion_pixels > 0:
+            return (
+                "mask_conflict",
+                f"{row.rel}: class {row.label!r} has no lesions but its mask marks {lesion_pixels} px",
+            )
+        if not self._patient(row, got):
+            return "patient_missing", f"{row.rel}: no patient_id in labels.csv and no PatientID in the header"
+        got.info["content_hash"] = digest = content_hash(got.image, got.mask)
+        if digest in self.seen:
+            return "duplicate", f"{row.rel}: same image and mask as {self.seen[digest]}"
+        return None, ""
+
+    def add(self, row: _Row, got: _Outcome) -> dict[str, Any]:
+        """Record an admitted sample; return its manifest row (the archive writer adds stats and hashes)."""
+        info = dict(got.info)
+        self.seen[info.pop("content_hash")] = row.rel
+        self.window_sources[info.pop("window_source")] += 1
+        patient = hash_patient(self.salt, self._patient(row, got))
+        self.patients.add(patient)
+        self.counts[row.label] += 1
+        return {
+            **info,
+            "source_file": row.rel,
+            "patient": patient,
+            "label": row.label,
+            "label_idx": self.classes.index(row.label),
+        }
+
+    @staticmethod
+    def _patient(row: _Row, got: _Outcome) -> str:
+        return row.patient_id or (got.header_patient_id or "").strip()
+
+
+def _decode(task: _Task, cfg: Config) -> _Outcome:
+    """Worker body: decode one DICOM and its mask. Module level so that a process pool can pickle it."""
+    try:
+        image = read_dicom(task.path, cfg)
+    except ImageRejected as exc:
+        return _Outcome(reason=exc.reason, detail=exc.detail)
+    size = cfg.data.image_size
+    if task.mask_path is None:
+        mask = np.zeros((size, size), dtype=np.uint8)
+    else:
+        try:
+            mask = read_mask(task.mask_path, image.rows, image.cols, size)
+        except ImageRejected as exc:
+            return _Outcome(reason=exc.reason, detail=exc.detail, on_mask=True)
+    spacing = image.pixel_spacing or (math.nan, math.nan)
+    info = {
+        "source_sha256": _file_sha256(Path(task.path)),
+        "modality": image.modality,
+        "pixel_spacing_row": spacing[0],
+        "pixel_spacing_col": spacing[1],
+        "orig_rows": image.rows,
+        "orig_cols": image.cols,
+        "window_source": image.window_source,
+    }
+    return _Outcome(image=image.image, mask=mask, info=info, header_patient_id=image.patient_id)
+
+
+def _decode_all(tasks: list[_Task], cfg: Config) -> Iterator[_Outcome]:
+    """Decode ``tasks`` across ``cfg.ingest.workers`` processes, yielding outcomes in task order.
+
+    At most a few tasks per worker are in flight, so memory stays flat whatever the dataset size, and the output
+    order (hence the archive) does not depend on which worker finishes first.
+    """
+    workers = max(1, int(cfg.ingest.workers))
+    if workers == 1 or len(tasks) <= 1:
+        yield from (_decode(t, cfg) for t in tasks)
+        return
+    # spawn, not fork: the parent may hold threads (MLflow, kfp) and fork would copy their locks mid-use.
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        pending: deque[Future[_Outcome]] = deque()
+        queue: Iterator[_Task] = iter(tasks)
+        for task in queue:
+            pending.append(pool.submit(_decode, task, cfg))
+            if len(pending) >= workers * _IN_FLIGHT_PER_WORKER:
+                break
+        while pending:
+            outcome = pending.popleft().result()
+            task = next(queue, None)
+            if task is not None:
+                pending.append(pool.submit(_decode, task, cfg))
+            yield outcome
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _check_quarantine(
+    labels: Path, n_rows: int, n_bad: int, by_reason: dict[str, int], quarantine: list[dict[str, str]], cfg: Config
+) -> None:
+    limit = cfg.ingest.max_quarantine_fraction
+    if n_bad < n_rows and n_bad / n_rows <= limit:
+        return
+    reasons = ", ".join(f"{reason} {n}" for reason, n in by_reason.items())
+    examples = "; ".join(q["message"] for q in quarantine[:5])
+    what = "every row was quarantined" if n_bad == n_rows else f"{n_bad / n_rows:.1%} > {limit:.1%}"
+    raise DataError(
+        f"{labels}: {n_bad} of {n_rows} files quarantined ({what}, ingest.max_quarantine_fraction); "
+        f"by reason: {reasons}. First: {examples}"
+    )
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
