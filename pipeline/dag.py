@@ -1,7 +1,6 @@
 """The Kubeflow pipeline: stage components wired into a DAG. No stage logic lives here."""
 
 from kfp import dsl
-from kfp.dsl import HTML
 
 from components.evaluate.component import evaluate_op
 from components.ingest.component import ingest_op
@@ -21,7 +20,7 @@ def medgan_pipeline(
     tracking_json: str,
     dataset_version_json: str = "{}",
     cache_dir: str = "",
-) -> HTML:
+):
     """Train, evaluate and register a class-conditional GAN from a DICOM folder.
 
     Steps:
@@ -59,4 +58,3 @@ def medgan_pipeline(
         reject = apply_gate_op(decision_json=register.outputs["decision_json"],
                                evaluation=evaluate.outputs["evaluation"], tracking_json=tracking_json)
         reject.set_display_name("record rejection")
-    return dsl.OneOf(promote.outputs["report"], reject.outputs["report"])

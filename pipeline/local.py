@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +108,7 @@ def run_local(data_dir: str | os.PathLike[str], cfg: Config, project_dir: str | 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(runs / "kfp"),
                raise_on_error=True)
     try:
-        result = medgan_pipeline(
+        medgan_pipeline(
             data_dir=str(data),
             config_json=cfg.to_json(),
             tracking_json=json.dumps(tracking),
@@ -123,11 +124,22 @@ def run_local(data_dir: str | os.PathLike[str], cfg: Config, project_dir: str | 
     finally:
         os.environ.pop("MEDGAN_ERROR_FILE", None)
 
-    report_src = Path(result.output.path) / "report.html" if hasattr(result, "output") else None
-    report = run_dir / "report.html"
-    if report_src is not None and report_src.is_file():
-        shutil.copyfile(report_src, report)
-        decision = json.loads((report_src.parent / "report.json").read_text()).get("gate", {})
-    else:
-        decision = {}
-    return LocalRun(run_key, run_dir, report, tracking_uri, decision)
+    # MLflow holds the outcome whichever gate branch ran: the final report and the audit record of the decision.
+    decision = _fetch_outcome(tracking, run_dir)
+    return LocalRun(run_key, run_dir, run_dir / "report.html", tracking_uri, decision)
+
+
+def _fetch_outcome(tracking: dict[str, str], run_dir: Path) -> dict[str, Any]:
+    from mlflow.artifacts import download_artifacts
+
+    from components.tracking import RunTracker
+
+    tracker = RunTracker(tracking["tracking_uri"], tracking["experiment"], tracking["run_key"])
+    with tempfile.TemporaryDirectory() as tmp:
+        fetched = {name: Path(download_artifacts(run_id=tracker.run_id, artifact_path=name, dst_path=tmp,
+                                                 tracking_uri=tracking["tracking_uri"]))
+                   for name in ("report/report.html", "gate/audit.json")}
+        shutil.copyfile(fetched["report/report.html"], run_dir / "report.html")
+        audit = json.loads(fetched["gate/audit.json"].read_text())
+    (run_dir / "gate.json").write_text(json.dumps(audit, indent=2))
+    return audit

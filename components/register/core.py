@@ -42,7 +42,7 @@ def git_commit(repo_dir: str | os.PathLike[str] | None = None) -> str:
 
 def gate_decision(challenger: dict[str, float], champion: dict[str, float] | None,
                   rules: list[GateMetric]) -> tuple[bool, str]:
-    """Promote when there is no champion, or when the challenger beats it on every rule by its margin."""
+    """Promote when there is no champion, or when the challenger beats it on every rule by more than its margin."""
     if champion is None:
         return True, "no champion to beat: the first model becomes champion"
     reasons, ok = [], True
@@ -53,8 +53,9 @@ def gate_decision(challenger: dict[str, float], champion: dict[str, float] | Non
         if old is None:
             reasons.append(f"{rule.name}: champion has no value, challenger {new:.4g} accepted")
             continue
-        better = new <= old - rule.margin if rule.mode == "min" else new >= old + rule.margin
-        sign = "<=" if rule.mode == "min" else ">="
+        # Strictly better: a tie keeps the champion, so identical retrains do not churn the alias.
+        better = new < old - rule.margin if rule.mode == "min" else new > old + rule.margin
+        sign = "<" if rule.mode == "min" else ">"
         target = old - rule.margin if rule.mode == "min" else old + rule.margin
         reasons.append(f"{rule.name}: {new:.4g} {'meets' if better else 'misses'} {sign} {target:.4g} "
                        f"(champion {old:.4g}, margin {rule.margin:g})")
@@ -110,7 +111,8 @@ def register(model_dir: str | os.PathLike[str], eval_dir: str | os.PathLike[str]
         "git_commit": git_commit(),
         "pipeline.run_key": tracking["run_key"],
         "config.preset": cfg.preset,
-        **{f"{METRIC_TAG}{k}": f"{v:.6g}" for k, v in metrics.items() if isinstance(v, (int, float))},
+        # full precision: the gate of later runs compares against these values
+        **{f"{METRIC_TAG}{k}": repr(float(v)) for k, v in metrics.items() if isinstance(v, (int, float))},
     }
     version = client.create_model_version(name, info.model_uri, run_id=tracker.run_id, tags=tags)
     version = _wait_ready(client, name, version.version)

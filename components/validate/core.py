@@ -79,7 +79,10 @@ def _run_suite(
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no telemetry from a hospital network
     import great_expectations as gx
 
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="file", project_root_dir=str(project_dir))
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
     source = context.data_sources.add_or_update_pandas("medgan")
     definitions = []
     for name, items in expectations.items():

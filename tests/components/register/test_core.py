@@ -15,11 +15,12 @@ FID = [GateMetric("fid", "min", 0.0)]
     ("challenger", "champion", "rules", "promote", "reason"),
     [
         ({"fid": 10.0}, None, FID, True, "no champion"),
-        ({"fid": 10.0}, {"fid": 12.0}, FID, True, "fid: 10 meets <= 12"),
-        ({"fid": 13.0}, {"fid": 12.0}, FID, False, "fid: 13 misses <= 12"),
-        ({"fid": 11.5}, {"fid": 12.0}, [GateMetric("fid", "min", 1.0)], False, "misses <= 11"),
+        ({"fid": 10.0}, {"fid": 12.0}, FID, True, "fid: 10 meets < 12"),
+        ({"fid": 13.0}, {"fid": 12.0}, FID, False, "fid: 13 misses < 12"),
+        ({"fid": 11.5}, {"fid": 12.0}, [GateMetric("fid", "min", 1.0)], False, "misses < 11"),
         ({"fid": 10.0, "dice_real_synth": 0.5}, {"fid": 12.0, "dice_real_synth": 0.6},
-         [*FID, GateMetric("dice_real_synth", "max", 0.0)], False, "dice_real_synth: 0.5 misses >= 0.6"),
+         [*FID, GateMetric("dice_real_synth", "max", 0.0)], False, "dice_real_synth: 0.5 misses > 0.6"),
+        ({"fid": 12.0}, {"fid": 12.0}, FID, False, "fid: 12 misses < 12"),
         ({"kid": 1.0}, {"fid": 12.0}, FID, False, "challenger has no metric 'fid'"),
         ({"fid": 10.0}, {"kid": 1.0}, FID, True, "champion has no value"),
     ],
@@ -65,7 +66,7 @@ def test_register_gate_and_promote_against_a_real_tracking_server(mlflow_server,
     assert client.get_model_version_by_alias(name, CHAMPION).version == first["challenger_version"]
     rejected = client.get_model_version(name, worse["challenger_version"])
     assert rejected.tags["gate.decision"] == "rejected"
-    assert rejected.tags["dataset.dvc_md5"] == "abc.dir" and rejected.tags["metrics.fid"] == "25"
+    assert rejected.tags["dataset.dvc_md5"] == "abc.dir" and rejected.tags["metrics.fid"] == "25.0"
     assert rejected.tags["git_commit"]
 
     better, ev3, tracking3 = cycle("run-3", 15.0)
