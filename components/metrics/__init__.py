@@ -55,8 +55,9 @@ class DistributionMetric:
         """The metric over everything fed since the last :meth:`reset`."""
         if not self._real or not self._fake:
             raise ValueError(f"{self.name}: aggregate() needs both real and synthetic features")
-        return compute_metric(self.name, np.concatenate(self._real), np.concatenate(self._fake), self.options,
-                              self.seed)
+        return compute_metric(
+            self.name, np.concatenate(self._real), np.concatenate(self._fake), self.options, self.seed
+        )
 
 
 __all__ = ["METRICS", "DistributionMetric", "MetricFn", "compute_metric"]

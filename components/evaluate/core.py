@@ -1,0 +1,407 @@
+"""The evaluate stage: how faithful, how useful and how private the trained generator is.
+
+1. fidelity: FID and KID (every metric in :data:`components.metrics.METRICS`) of EMA-generator samples against the
+   real training split, overall and per class, with bootstrap confidence intervals; the synthetic class mix
+   follows the real training split;
+2. utility: Dice on real test patients of a segmentation net trained on real data vs real + synthetic pairs;
+3. consistency: do generated masks sit on lesions, and do they agree with the class?
+4. privacy: nearest-real-neighbour memorization audit;
+5. outputs: ``metrics.json`` (flat, the gate reads it), ``report.json`` + ``report.html`` (the review report),
+   and the same metrics in MLflow under ``eval/``.
+
+Outputs are written only after every metric is computed, each file atomically, ``metrics.json`` last: a failed
+evaluation leaves no ``metrics.json`` for the register stage to pick up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from components.archive import open_archive
+from components.config import Config
+from components.errors import ConfigError, DataError
+from components.evaluate.report import atomic_write_text, json_safe, pair_grid, png_base64, write_report
+from components.metrics import METRICS, compute_metric
+from components.metrics.consistency import consistency_report, pair_statistics
+from components.metrics.dice import SEG_FEATURES, paired_dice_ci, train_and_score
+from components.metrics.features import extract_features, get_extractor
+from components.metrics.memorization import memorization_audit
+from components.rebalance.core import load_split
+
+MIN_PER_CLASS = 4  # synthetic samples per class at least, so that per-class metrics exist for rare classes
+REPORT_SAMPLES = 8  # tiles per class and side in the report
+REPORT_NEIGHBOURS = 8
+MAX_CURVE_POINTS = 400
+SPLIT_COLUMNS = ("index", "sample_id", "patient", "label", "split")
+
+
+def synthetic_label_plan(counts: list[int], total: int, min_per_class: int = MIN_PER_CLASS) -> np.ndarray:
+    """Class indices of ``total`` synthetic samples, in proportion to ``counts`` (largest remainder).
+
+    Every class with real samples gets at least ``min_per_class``; classes without any get none (there is nothing
+    to compare them with).
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    if c.sum() <= 0:
+        raise DataError("the real training split is empty: nothing to compare synthetic samples with")
+    quota = c / c.sum() * total
+    n = np.floor(quota).astype(int)
+    for i in np.argsort(-(quota - n), kind="stable")[: max(total - int(n.sum()), 0)]:
+        n[i] += 1
+    n = np.where(c > 0, np.maximum(n, min_per_class), 0)
+    return np.repeat(np.arange(len(c)), n)
+
+
+def metric_key(name: str, cls: str | None = None) -> str:
+    """Flat metric key: ``name`` overall, ``name.<class>`` per class (class sanitised for MLflow)."""
+    return name if cls is None else f"{name}.{re.sub(r'[^A-Za-z0-9_-]', '_', cls)}"
+
+
+def check_split(split: pd.DataFrame, split_dir: str | os.PathLike[str], n_archive: int) -> pd.DataFrame:
+    """Check the split table against the archive it indexes (a split of another archive would mix samples)."""
+    missing = [c for c in SPLIT_COLUMNS if c not in split.columns]
+    if missing:
+        raise DataError(f"{split_dir}: split.parquet lacks column(s) {', '.join(missing)}")
+    if len(split) and (split["index"].min() < 0 or split["index"].max() >= n_archive):
+        raise DataError(
+            f"{split_dir}: split.parquet indexes rows outside the archive's {n_archive} samples; "
+            "it was made for another archive"
+        )
+    return split
+
+
+def pick_device(requested: str) -> str:
+    """``cuda`` when asked for (or ``auto``) and available, else ``cpu``."""
+    if requested == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if requested == "cuda":
+        raise ConfigError("train.device=cuda but no CUDA device is available")
+    return "cpu"
+
+
+def _seeds(seed: int, *names: str) -> dict[str, int]:
+    # Independent streams per purpose: changing e.g. fid_samples must not change the Dice run's synthetic data.
+    return {n: int(np.random.SeedSequence([seed, i]).generate_state(1)[0] >> 1) for i, n in enumerate(names)}
+
+
+def distribution_metrics(
+    real: np.ndarray,
+    real_labels: np.ndarray,
+    fake: np.ndarray,
+    fake_labels: np.ndarray,
+    classes: list[str],
+    options: dict[str, Any],
+    seed: int,
+) -> tuple[dict[str, float], list[str]]:
+    """Every registered metric overall and per class, as flat keys; plus notes on what could not be computed."""
+    out: dict[str, float] = {}
+    notes: list[str] = []
+    scopes: list[tuple[str | None, np.ndarray, np.ndarray]] = [(None, real, fake)]
+    for k, cls in enumerate(classes):
+        r, f = real[real_labels == k], fake[fake_labels == k]
+        if min(len(r), len(f)) < 2:
+            notes.append(f"class {cls}: {len(r)} real / {len(f)} synthetic samples, too few for {'/'.join(METRICS)}")
+            continue
+        scopes.append((cls, r, f))
+    for name in METRICS:
+        for cls, r, f in scopes:
+            res = compute_metric(name, r, f, options, seed)
+            out[metric_key(name, cls)] = res["value"]
+            out[metric_key(f"{name}_ci_low", cls)] = res["ci_low"]
+            out[metric_key(f"{name}_ci_high", cls)] = res["ci_high"]
+    return out, notes
+
+
+def dice_comparison(
+    real: tuple[np.ndarray, np.ndarray],
+    synthetic: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray, np.ndarray],
+    lesion: list[str],
+    cfg: Config,
+    seed: int,
+    device: str = "cpu",
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Dice on ``test`` (images, masks, class names) of nets trained on real vs real + synthetic pairs.
+
+    Both nets start from the same seed and get the same number of optimiser steps (``seg_epochs`` passes over the
+    real set), so the difference measures the data, not a longer training. Returns flat metrics (``dice_real``,
+    ``dice_real_synth``, ``dice_gain``, per class, with paired bootstrap intervals) and the report section.
+    """
+    ev = cfg.eval
+    steps = ev.seg_epochs * math.ceil(len(real[0]) / ev.seg_batch_size)
+    mixed = (np.concatenate([real[0], synthetic[0]]), np.concatenate([real[1], synthetic[1]]))
+    runs = [train_and_score(*data, *test, lesion, cfg, seed, steps=steps, device=device) for data in (real, mixed)]
+    metrics: dict[str, float] = {}
+    for name, res in zip(("dice_real", "dice_real_synth"), runs, strict=True):
+        metrics[name] = res["dice"]
+        metrics.update({metric_key(name, c): v for c, v in res["per_class"].items()})
+    metrics["dice_gain"] = runs[1]["dice"] - runs[0]["dice"]
+    metrics.update({metric_key("dice_gain", c): runs[1]["per_class"][c] - runs[0]["per_class"][c] for c in lesion})
+    intervals = paired_dice_ci(runs[0]["scores"], runs[1]["scores"], test[2], lesion, ev.bootstrap, seed)
+    for name, by_scope in intervals.items():
+        for scope, (low, high) in by_scope.items():
+            metrics[metric_key(f"{name}_ci_low", scope)] = low
+            metrics[metric_key(f"{name}_ci_high", scope)] = high
+    nan_ci = (float("nan"), float("nan"))
+    section = {
+        "real": runs[0]["dice"],
+        "real_synth": runs[1]["dice"],
+        "gain": metrics["dice_gain"],
+        "gain_ci": list(intervals["dice_gain"][None]),
+        "per_class": [
+            {
+                "class": c,
+                "real": runs[0]["per_class"][c],
+                "real_synth": runs[1]["per_class"][c],
+                "gain": metrics[metric_key("dice_gain", c)],
+                "gain_ci": list(intervals["dice_gain"].get(c, nan_ci)),
+                "n_test": runs[0]["n_scored"][c],
+            }
+            for c in lesion
+        ],
+        "steps": steps,
+        "synth_per_class": ev.synth_per_class,
+        "model": f"MONAI BasicUNet{SEG_FEATURES}",
+        "train_seconds": {"real": runs[0]["seconds"], "real_synth": runs[1]["seconds"]},
+    }
+    return metrics, section
+
+
+def report_images(
+    real: tuple[np.ndarray, np.ndarray, np.ndarray],
+    fake: tuple[np.ndarray, np.ndarray, np.ndarray],
+    classes: list[str],
+    top_pairs: list[dict[str, Any]],
+    real_ids: np.ndarray,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The report's pictures: per-class sample grids (synthetic and real) and the nearest-neighbour pairs.
+
+    ``real`` and ``fake`` are (images, masks, label indices); ``top_pairs`` come from the memorization audit and
+    ``real_ids`` are the sample ids of the real rows.
+    """
+    samples = []
+    for k, cls in enumerate(classes):
+        f = np.flatnonzero(fake[2] == k)[:REPORT_SAMPLES]
+        r = np.flatnonzero(real[2] == k)[:REPORT_SAMPLES]
+        if len(f) or len(r):
+            samples.append(
+                {
+                    "class": cls,
+                    "synthetic": png_base64(pair_grid(fake[0][f], fake[1][f])),
+                    "real": png_base64(pair_grid(real[0][r], real[1][r])),
+                }
+            )
+    neighbours = [
+        {
+            "similarity": p["similarity"],
+            "flagged": p["flagged"],
+            "class": classes[int(fake[2][p["fake"]])],
+            "synthetic_index": p["fake"],
+            "real_sample_id": str(real_ids[p["real"]]),
+            "synthetic": png_base64(pair_grid(fake[0][[p["fake"]]], fake[1][[p["fake"]]])),
+            "real": png_base64(pair_grid(real[0][[p["real"]]], real[1][[p["real"]]])),
+        }
+        for p in top_pairs
+    ]
+    return samples, neighbours
+
+
+def _losses(model_dir: Path) -> dict[str, list[float]]:
+    path = model_dir / "losses.csv"
+    if not path.is_file():
+        return {}
+    df = pd.read_csv(path)
+    if "step" not in df.columns or df.empty:
+        return {}
+    df = df.select_dtypes("number")
+    if len(df) > MAX_CURVE_POINTS:  # keep report.json small: evenly spaced rows, always including the last
+        df = df.iloc[np.unique(np.linspace(0, len(df) - 1, MAX_CURVE_POINTS).round().astype(int))]
+    return {c: df[c].astype(float).tolist() for c in df.columns}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def evaluate(
+    archive_dir: str | os.PathLike[str],
+    split_dir: str | os.PathLike[str],
+    model_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    cfg: Config,
+    tracking: dict[str, str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    validation: dict[str, Any] | list[dict[str, Any]] | None = None,
+) -> dict[str, float | None]:
+    """Evaluate the EMA generator in ``model_dir``; write metrics.json, report.json, report.html to ``out_dir``.
+
+    ``tracking`` (``tracking_uri``, ``experiment``, ``run_key``) logs the metrics as ``eval/<key>`` to the
+    pipeline's MLflow run; ``cache_dir`` keeps real-image features between runs; ``validation`` (the validate
+    stage's summary) is shown in the report. Returns the flat metrics (``None`` where a value is undefined).
+    """
+    from components.gan.sampling import generate, load_generator  # heavy, and not needed to import this module
+
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    ev = cfg.eval
+    model_dir, out = Path(model_dir), Path(out_dir)
+    archive = open_archive(archive_dir)
+    classes, lesion = archive.classes, archive.lesion_classes
+    split = check_split(load_split(split_dir), split_dir, len(archive))
+    device = pick_device(cfg.train.device)
+    seeds = _seeds(cfg.seed, "fid", "metrics", "seg_synth", "seg")
+
+    generator, gmeta = load_generator(model_dir, device=device)
+    if list(gmeta.get("classes", classes)) != classes:
+        raise DataError(
+            f"{model_dir}: generator classes {gmeta.get('classes')} differ from the archive's "
+            f"{classes}; evaluate the model on the data it was trained on"
+        )
+    label_idx = archive.manifest["label_idx"].to_numpy()
+    train_idx = np.sort(split.loc[split["split"] == "train", "index"].to_numpy())
+    test_idx = np.sort(split.loc[split["split"] == "test", "index"].to_numpy())
+    if len(train_idx) == 0 or len(test_idx) == 0:
+        raise DataError(
+            f"{split_dir}: the split has {len(train_idx)} train and {len(test_idx)} test samples; evaluation needs both"
+        )
+    real_images = np.asarray(archive.images[train_idx], dtype=np.float32)
+    real_masks = np.asarray(archive.masks[train_idx])
+    real_labels = label_idx[train_idx]
+    timings["load"] = time.perf_counter() - clock
+
+    # 1. fidelity ------------------------------------------------------------------------------------------------
+    clock = time.perf_counter()
+    counts = np.bincount(real_labels, minlength=len(classes)).tolist()
+    fake_labels = synthetic_label_plan(counts, ev.fid_samples)
+    fake_images, fake_masks = generate(generator, fake_labels, seed=seeds["fid"])
+    timings["generate"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    extractor = get_extractor(ev.feature_extractor, device)
+    real_feats = extract_features(extractor, real_images, cache_dir=cache_dir)
+    timings["features_real"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    fake_feats = extract_features(extractor, fake_images)
+    timings["features_synthetic"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    options = asdict(ev)
+    metrics, notes = distribution_metrics(
+        real_feats, real_labels, fake_feats, fake_labels, classes, options, seeds["metrics"]
+    )
+    timings["distribution_metrics"] = time.perf_counter() - clock
+
+    # 2. utility: Dice real vs real + synthetic, same optimiser budget ------------------------------------------
+    clock = time.perf_counter()
+    lesion_idx = [classes.index(c) for c in lesion]
+    seg_labels = np.repeat(np.asarray(lesion_idx, dtype=np.int64), ev.synth_per_class)
+    seg_images, seg_masks = generate(generator, seg_labels, seed=seeds["seg_synth"])
+    test_images = np.asarray(archive.images[test_idx], dtype=np.float32)
+    test_masks = np.asarray(archive.masks[test_idx])
+    test_names = np.asarray(classes)[label_idx[test_idx]]
+    dice_metrics, dice_section = dice_comparison(
+        (real_images, real_masks),
+        (seg_images, seg_masks),
+        (test_images, test_masks, test_names),
+        lesion,
+        cfg,
+        seeds["seg"],
+        device,
+    )
+    metrics.update(dice_metrics)
+    timings["dice"] = time.perf_counter() - clock
+
+    # 3. consistency, 4. memorization ------------------------------------------------------------------------
+    clock = time.perf_counter()
+    names_real, names_fake = np.asarray(classes)[real_labels], np.asarray(classes)[fake_labels]
+    consistency = consistency_report(
+        pair_statistics(real_images, real_masks, names_real, classes, lesion),
+        pair_statistics(fake_images, fake_masks, names_fake, classes, lesion),
+    )
+    metrics["mask_contrast_gap"] = consistency["contrast_gap"]
+    metrics["mask_label_mismatch"] = consistency["label_mismatch"]
+    for cls, stats in consistency["synthetic"].items():
+        metrics[metric_key("mask_contrast_synth", cls)] = stats["contrast"]
+        metrics[metric_key("mask_contrast_real", cls)] = consistency["real"].get(cls, {}).get("contrast", np.nan)
+    audit = memorization_audit(fake_feats, real_feats, ev.nn_copy_threshold, top_k=REPORT_NEIGHBOURS)
+    metrics["nn_copy_fraction"] = audit["copy_fraction"]
+    metrics["nn_similarity_max"] = audit["similarity_max"]
+    metrics["nn_similarity_mean"] = audit["similarity_mean"]
+    metrics["nn_real_baseline_median"] = audit["real_baseline_median"]
+    metrics["n_synthetic"] = float(len(fake_labels))
+    metrics["n_real_train"] = float(len(train_idx))
+    timings["audit"] = time.perf_counter() - clock
+
+    # 5. outputs ---------------------------------------------------------------------------------------------
+    metrics = json_safe(metrics)
+    samples, neighbours = report_images(
+        (real_images, real_masks, real_labels),
+        (fake_images, fake_masks, fake_labels),
+        classes,
+        audit["top"],
+        archive.manifest["sample_id"].to_numpy()[train_idx],
+    )
+    distribution = {
+        s: {
+            c: int(n)
+            for c, n in split.loc[split["split"] == s, "label"].value_counts().reindex(classes).fillna(0).items()
+        }
+        for s in ("train", "val", "test")
+    }
+    meta = archive.meta
+    report = {
+        "title": "medgan-ops evaluation report",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "run_key": (tracking or {}).get("run_key"),
+        "preset": cfg.preset,
+        "dataset": {
+            "version": meta.get("dataset_version"),
+            "hash": meta.get("dataset_hash"),
+            "n": meta.get("n"),
+            "image_size": meta.get("image_size"),
+            "classes": classes,
+            "lesion_classes": lesion,
+            "split_sizes": " / ".join(str(int((split["split"] == s).sum())) for s in ("train", "val", "test")),
+        },
+        "model": {
+            "name": model_dir.name,
+            "path": str(model_dir),
+            "options": _read_json(model_dir / "training_options.json"),
+            "generator": {k: v for k, v in gmeta.items() if isinstance(v, (str, int, float, bool, list, dict))},
+        },
+        "config": {**asdict(ev), "seed": cfg.seed, "device": device, "segmenter": f"BasicUNet{SEG_FEATURES}"},
+        "metrics": metrics,
+        "notes": notes,
+        "dice": dice_section,
+        "samples": samples,
+        "memorization": {k: v for k, v in audit.items() if k not in ("nn_index", "similarity", "top")},
+        "neighbours": neighbours,
+        "consistency": consistency,
+        "losses": _losses(model_dir),
+        "class_distribution": distribution,
+        "validation": validation,
+        "timings": {**timings, "feature_img_per_s": len(fake_feats) / max(timings["features_synthetic"], 1e-9)},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    html_path = write_report(report, out)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
+    if tracking:
+        from components.tracking import RunTracker
+
+        tracker = RunTracker(tracking["tracking_uri"], tracking["experiment"], tracking["run_key"])
+        tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items() if v is not None})
+        tracker.log_artifact(out / "metrics.json", "eval")
+        tracker.log_artifact(out / "report.json", "eval")
+        tracker.log_artifact(html_path, "report")
+    return metrics

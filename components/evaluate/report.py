@@ -1,0 +1,575 @@
+"""The review report: one self-contained HTML page per run, rendered from ``report.json``.
+
+The page must open anywhere, including an air-gapped hospital workstation and an MLflow artifact view: images are
+embedded as base64 PNG, curves are inline SVG, styling is inline CSS, and there is no script and no external URL.
+Every value coming from data or config is HTML-escaped. :func:`render_report` works on any subset of the sections
+(a missing section says so), because the register stage re-renders the stored ``report.json`` with the gate
+decision added.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Metrics where a lower value is better; shown in the metrics table.
+LOWER_IS_BETTER = ("fid", "kid", "nn_copy_fraction", "mask_contrast_gap", "mask_label_mismatch")
+HIGHER_IS_BETTER = ("dice_real", "dice_real_synth", "dice_gain")
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+# ---------------------------------------------------------------------------------------------------------------
+# images
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Map ``[-1, 1]`` float images to uint8 gray levels."""
+    return np.clip((np.asarray(images, dtype=np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """RGB uint8 view of a ``[-1, 1]`` image with its mask tinted red and outlined."""
+    gray = to_uint8(image).astype(np.float32)
+    rgb = np.stack([gray, gray, gray], axis=-1)
+    m = np.asarray(mask) > 0
+    rgb[m] = 0.6 * rgb[m] + 0.4 * np.array([255.0, 0.0, 0.0])
+    inner = m.copy()
+    # Outline = mask pixels with a 4-neighbour outside the mask (edges count as outside).
+    inner[1:, :] &= m[:-1, :]
+    inner[:-1, :] &= m[1:, :]
+    inner[:, 1:] &= m[:, :-1]
+    inner[:, :-1] &= m[:, 1:]
+    inner[0, :] = inner[-1, :] = inner[:, 0] = inner[:, -1] = False
+    rgb[m & ~inner] = (255.0, 40.0, 40.0)
+    return rgb.astype(np.uint8)
+
+
+def pair_grid(images: np.ndarray, masks: np.ndarray, pad: int = 2) -> np.ndarray:
+    """RGB grid with the plain images in the top row and their mask overlays below."""
+    n = len(images)
+    if n == 0:
+        return np.full((1, 1, 3), 255, dtype=np.uint8)
+    s = images.shape[-1]
+    grid = np.full((2 * s + pad, n * s + (n - 1) * pad, 3), 255, dtype=np.uint8)
+    for i in range(n):
+        x = i * (s + pad)
+        gray = to_uint8(images[i])
+        grid[:s, x : x + s] = gray[..., None]
+        grid[s + pad :, x : x + s] = overlay(images[i], masks[i])
+    return grid
+
+
+def png_base64(array: np.ndarray) -> str:
+    """Base64 PNG of a uint8 ``(H, W)`` or ``(H, W, 3)`` array."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buf, format="PNG", optimize=True)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# small HTML helpers
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "&ndash;"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value):
+            return "&ndash;"
+        return f"{value:.{digits}g}"
+    return _e(value)
+
+
+def _img(b64: str | None, alt: str, css: str = "") -> str:
+    if not b64:
+        return '<span class="muted">no image</span>'
+    return f'<img alt="{_e(alt)}" class="px {css}" src="data:image/png;base64,{_e(b64)}">'
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], css: str = "") -> str:
+    """Table from already-escaped cell HTML."""
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _kv(data: dict[str, Any]) -> str:
+    rows = []
+    for k, v in data.items():
+        cell = f"<code>{_e(json.dumps(v, default=str))}</code>" if isinstance(v, (dict, list)) else _fmt(v)
+        rows.append((_e(k), cell))
+    return _table(("", ""), rows, "kv")
+
+
+def _missing(what: str) -> str:
+    return f'<p class="muted">No {_e(what)} in this report.</p>'
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SVG charts
+
+
+def _smooth(y: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1 or len(y) < window:
+        return y
+    kernel = np.ones(window) / window
+    padded = np.concatenate([np.full(window - 1, y[0]), y])
+    return np.convolve(padded, kernel, mode="valid")
+
+
+def svg_line_chart(
+    x: Sequence[float], series: dict[str, Sequence[float]], title: str, width: int = 560, height: int = 220
+) -> str:
+    """Inline SVG line chart of ``series`` over ``x``: raw values faint, a moving average on top."""
+    xs = np.asarray(x, dtype=np.float64)
+    ys = {k: np.asarray(v, dtype=np.float64) for k, v in series.items() if len(v) == len(xs)}
+    finite = [v[np.isfinite(v)] for v in ys.values()]
+    finite = [v for v in finite if len(v)]
+    if len(xs) < 2 or not finite:
+        return f'<p class="muted">{_e(title)}: not enough points to plot.</p>'
+    lo = min(float(v.min()) for v in finite)
+    hi = max(float(v.max()) for v in finite)
+    if hi - lo < 1e-12:
+        lo, hi = lo - 0.5, hi + 0.5
+    x0, x1 = float(np.nanmin(xs)), float(np.nanmax(xs))
+    x1 = x1 if x1 > x0 else x0 + 1.0
+    left, right, top, bottom = 52, 10, 22, 26
+    pw, ph = width - left - right, height - top - bottom
+
+    def pts(y: np.ndarray) -> str:
+        ok = np.isfinite(y) & np.isfinite(xs)
+        px = left + (xs[ok] - x0) / (x1 - x0) * pw
+        py = top + (1.0 - (y[ok] - lo) / (hi - lo)) * ph
+        return " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(px, py, strict=True))
+
+    parts = [
+        f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{_e(title)}">',
+        f'<text x="{left}" y="14" class="ct">{_e(title)}</text>',
+        f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#bbb"/>',
+    ]
+    for frac in (0.0, 0.5, 1.0):
+        yv = lo + frac * (hi - lo)
+        yp = top + (1.0 - frac) * ph
+        parts.append(f'<text x="{left - 4}" y="{yp + 4:.1f}" class="ax" text-anchor="end">{yv:.3g}</text>')
+    parts.append(f'<text x="{left}" y="{height - 8}" class="ax">{x0:.6g}</text>')
+    parts.append(f'<text x="{left + pw}" y="{height - 8}" class="ax" text-anchor="end">{x1:.6g}</text>')
+    window = max(1, len(xs) // 25)
+    for i, (name, y) in enumerate(ys.items()):
+        color = PALETTE[i % len(PALETTE)]
+        if window > 1:
+            parts.append(
+                f'<polyline fill="none" stroke="{color}" stroke-opacity="0.25" stroke-width="1" points="{pts(y)}"/>'
+            )
+        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.6" points="{pts(_smooth(y, window))}"/>')
+        parts.append(f'<text x="{left + 8 + 110 * i}" y="{top + 14}" class="lg" fill="{color}">{_e(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sections
+
+
+def _header(r: dict[str, Any]) -> str:
+    dataset = r.get("dataset") or {}
+    version = dataset.get("version")
+    if isinstance(version, dict):
+        version = ", ".join(f"{k}={v}" for k, v in version.items()) or None
+    model = r.get("model") or {}
+    facts = {
+        "Run key": r.get("run_key") or "local",
+        "Created": r.get("created"),
+        "Dataset version": version,
+        "Dataset content hash": (dataset.get("hash") or "")[:16] or None,
+        "Images (train / val / test)": dataset.get("split_sizes"),
+        "Model": model.get("name") or model.get("path"),
+        "Training steps": (model.get("options") or {}).get("steps") if isinstance(model.get("options"), dict) else None,
+        "Feature extractor": (r.get("config") or {}).get("feature_extractor"),
+        "Preset": r.get("preset"),
+    }
+    rows = [
+        (_e(k), _e(v) if not isinstance(v, dict) else _e(json.dumps(v)))
+        for k, v in facts.items()
+        if v not in (None, "")
+    ]
+    return f"<h1>{_e(r.get('title') or 'medgan-ops evaluation report')}</h1>" + _table(("", ""), rows, "kv")
+
+
+def _metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str, Any, Any, Any]]:
+    """(metric, scope, value, ci_low, ci_high) from flat keys ``name[_ci_low|_ci_high][.class]``."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for key, value in metrics.items():
+        name, _, scope = key.partition(".")
+        part = "value"
+        for suffix in ("_ci_low", "_ci_high"):
+            if name.endswith(suffix):
+                name, part = name[: -len(suffix)], suffix[1:]
+        rows.setdefault((name, scope), {})[part] = value
+    out = [(n, s, v.get("value"), v.get("ci_low"), v.get("ci_high")) for (n, s), v in rows.items()]
+    return sorted(out, key=lambda t: (t[1] != "", t[1], t[0]))
+
+
+def _metrics(r: dict[str, Any]) -> str:
+    metrics = r.get("metrics")
+    if not metrics:
+        return "<h2>Metrics</h2>" + _missing("metrics")
+    overall, per_class = [], []
+    for name, scope, value, low, high in _metric_rows(metrics):
+        better = "lower" if name in LOWER_IS_BETTER else "higher" if name in HIGHER_IS_BETTER else ""
+        ci = f"[{_fmt(low)}, {_fmt(high)}]" if low is not None or high is not None else ""
+        row = (_e(name), _fmt(value), ci, better)
+        (per_class if scope else overall).append((_e(scope), *row) if scope else row)
+    notes = r.get("notes") or []
+    html_notes = "".join(f"<li>{_e(n)}</li>" for n in notes)
+    out = [
+        "<h2>Metrics</h2>",
+        "<p>95% confidence intervals: centred bootstrap over real and synthetic samples.</p>" if overall else "",
+        _table(("metric", "value", "95% CI", "better"), overall, "metrics"),
+    ]
+    if per_class:
+        out.append("<h3>Per class</h3>")
+        out.append(_table(("class", "metric", "value", "95% CI", "better"), per_class, "metrics"))
+    if html_notes:
+        out.append(f"<ul class='notes'>{html_notes}</ul>")
+    return "".join(out)
+
+
+def _dice(r: dict[str, Any]) -> str:
+    d = r.get("dice")
+    if not d:
+        return ""
+
+    def ci(value: Any) -> str:
+        return f"[{_fmt(value[0])}, {_fmt(value[1])}]" if isinstance(value, (list, tuple)) and len(value) == 2 else ""
+
+    rows = [
+        (
+            _e(c.get("class")),
+            _fmt(c.get("real")),
+            _fmt(c.get("real_synth")),
+            _fmt(c.get("gain")),
+            ci(c.get("gain_ci")),
+            _fmt(c.get("n_test")),
+        )
+        for c in d.get("per_class", [])
+    ]
+    rows.append(
+        (
+            "<b>mean over classes</b>",
+            _fmt(d.get("real")),
+            _fmt(d.get("real_synth")),
+            _fmt(d.get("gain")),
+            ci(d.get("gain_ci")),
+            "",
+        )
+    )
+    text = (
+        f"<p>A {_e(d.get('model', 'segmentation net'))} trained on the real training split, then on the real "
+        f"training split plus {_fmt(d.get('synth_per_class'))} synthetic pairs per lesion class (same number of "
+        f"optimiser steps, {_fmt(d.get('steps'))}), scored on the real test patients. The gain interval is a paired "
+        "bootstrap over test samples; an interval above 0 means the synthetic pairs helped.</p>"
+    )
+    return (
+        "<h2>Downstream segmentation (Dice on real test patients)</h2>"
+        + text
+        + _table(
+            ("class", "real", "real + synthetic", "gain", "gain 95% CI", "test samples with lesion"), rows, "metrics"
+        )
+    )
+
+
+def _samples(r: dict[str, Any]) -> str:
+    samples = r.get("samples")
+    if not samples:
+        return "<h2>Samples</h2>" + _missing("sample images")
+    rows = "".join(
+        f"<tr><th>{_e(s.get('class'))}</th><td>{_img(s.get('synthetic'), 'synthetic ' + str(s.get('class')))}</td>"
+        f"<td>{_img(s.get('real'), 'real ' + str(s.get('class')))}</td></tr>"
+        for s in samples
+    )
+    return (
+        "<h2>Samples per class</h2><p>Top row: image; bottom row: lesion mask overlay (red).</p>"
+        f'<table class="samples"><thead><tr><th>class</th><th>synthetic</th><th>real (train)</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table>"
+    )
+
+
+def _neighbours(r: dict[str, Any]) -> str:
+    mem = r.get("memorization") or {}
+    pairs = r.get("neighbours") or []
+    if not mem and not pairs:
+        return "<h2>Memorization audit</h2>" + _missing("memorization audit")
+    summary = {
+        k: mem.get(k)
+        for k in (
+            "threshold",
+            "copy_fraction",
+            "n_flagged",
+            "similarity_mean",
+            "similarity_max",
+            "real_baseline_median",
+            "real_baseline_p95",
+        )
+        if k in mem
+    }
+    flagged = mem.get("n_flagged") or 0
+    verdict = (
+        (
+            f'<p class="bad">{flagged} synthetic sample(s) are near copies of training images.</p>'
+            if flagged
+            else '<p class="good">No synthetic sample exceeds the near-copy threshold.</p>'
+        )
+        if mem
+        else ""
+    )
+    cells = []
+    for p in pairs:
+        css = "bad" if p.get("flagged") else ""
+        cells.append(
+            f'<div class="pair {css}">{_img(p.get("synthetic"), "synthetic")}{_img(p.get("real"), "nearest real")}'
+            f"<div>{_e(p.get('class', ''))} cos {_fmt(p.get('similarity'), 3)}"
+            f"{' &mdash; FLAGGED' if p.get('flagged') else ''}</div></div>"
+        )
+    return (
+        "<h2>Memorization audit (nearest real neighbours)</h2>"
+        "<p>Cosine similarity of centred features between each synthetic sample and its nearest real training "
+        "sample; the real baseline is each real sample's similarity to its nearest other real sample.</p>"
+        + verdict
+        + (_kv(summary) if summary else "")
+        + (f'<div class="pairs">{"".join(cells)}</div>' if cells else "")
+    )
+
+
+def _consistency(r: dict[str, Any]) -> str:
+    c = r.get("consistency")
+    if not c:
+        return ""
+    real, synth = c.get("real", {}), c.get("synthetic", {})
+    rows = []
+    for cls in dict.fromkeys([*real, *synth]):
+        a, b = real.get(cls, {}), synth.get(cls, {})
+        rows.append(
+            (
+                _e(cls),
+                _fmt(a.get("contrast")),
+                _fmt(b.get("contrast")),
+                _fmt(a.get("mask_area")),
+                _fmt(b.get("mask_area")),
+                _fmt(b.get("label_mismatch")),
+            )
+        )
+    return (
+        "<h2>Mask&ndash;image consistency</h2><p>Contrast: mean intensity inside the mask minus outside. "
+        "Label mismatch: lesion-class samples without a mask, or other samples with one.</p>"
+        + _table(
+            (
+                "class",
+                "contrast real",
+                "contrast synthetic",
+                "mask area real",
+                "mask area synthetic",
+                "label mismatch synthetic",
+            ),
+            rows,
+            "metrics",
+        )
+    )
+
+
+def _curves(r: dict[str, Any]) -> str:
+    losses = r.get("losses") or {}
+    step = losses.get("step")
+    if not step:
+        return "<h2>Training curves</h2>" + _missing("training curves (losses.csv)")
+    cols = {k: v for k, v in losses.items() if k != "step"}
+    loss_cols = {k: v for k, v in cols.items() if k.startswith("loss")}
+    charts = [svg_line_chart(step, loss_cols, "losses")] if loss_cols else []
+    charts += [svg_line_chart(step, {k: v}, k) for k, v in cols.items() if k not in loss_cols][:6]
+    return "<h2>Training curves</h2>" + '<div class="charts">' + "".join(charts) + "</div>"
+
+
+def _distribution(r: dict[str, Any]) -> str:
+    dist = r.get("class_distribution")
+    if not dist:
+        return "<h2>Class distribution</h2>" + _missing("class distribution")
+    splits = list(dist)
+    classes = list(dict.fromkeys(c for s in splits for c in dist[s]))
+    top = max([int(dist[s].get(c, 0)) for s in splits for c in classes] + [1])
+    rows = []
+    for cls in classes:
+        cells = []
+        for s in splits:
+            n = int(dist[s].get(cls, 0))
+            cells.append(f'<span class="bar" style="width:{100 * n / top:.0f}px"></span> {n}')
+        rows.append((_e(cls), *cells, str(sum(int(dist[s].get(cls, 0)) for s in splits))))
+    return "<h2>Class distribution per split</h2>" + _table(("class", *map(_e, splits), "total"), rows, "dist")
+
+
+def _validation(r: dict[str, Any]) -> str:
+    v = r.get("validation")
+    if not v:
+        return "<h2>Data validation</h2>" + _missing("data-validation results")
+    results = v.get("results", []) if isinstance(v, dict) else list(v)
+    failed = [x for x in results if not x.get("success")]
+    critical = [x for x in failed if x.get("severity") == "critical"]
+    head = (
+        f"<p>{len(results)} expectations, {len(failed)} failed "
+        f"({len(critical)} critical, {len(failed) - len(critical)} warnings).</p>"
+    )
+    rows = [
+        (
+            _e(x.get("expectation")),
+            _e(x.get("column", "")),
+            '<span class="good">pass</span>' if x.get("success") else '<span class="bad">FAIL</span>',
+            _e(x.get("severity", "")),
+            _fmt(x.get("unexpected_count")),
+        )
+        for x in sorted(results, key=lambda x: (bool(x.get("success")), x.get("severity") != "critical"))
+    ]
+    return (
+        "<h2>Data validation</h2>"
+        + head
+        + _table(("expectation", "column", "result", "severity", "unexpected"), rows, "metrics")
+    )
+
+
+def _gate(r: dict[str, Any]) -> str:
+    gate = r.get("gate")
+    if not gate:
+        return (
+            '<h2>Gate decision</h2><p class="pending">pending &mdash; the model has not been through the '
+            "champion/challenger gate yet.</p>"
+        )
+    if not isinstance(gate, dict):
+        return f"<h2>Gate decision</h2><p>{_e(gate)}</p>"
+    action = gate.get("action") or gate.get("decision") or "pending"
+    css = "good" if str(action).startswith("promot") else "bad" if str(action).startswith("reject") else "pending"
+    out = [f'<h2>Gate decision</h2><p class="{css} decision">{_e(action)}</p>']
+    if gate.get("reason"):
+        out.append(f"<p>{_e(gate['reason'])}</p>")
+    new, old = gate.get("challenger_metrics") or {}, gate.get("champion_metrics") or {}
+    rules = [x.get("name") for x in gate.get("rules", []) if isinstance(x, dict)]
+    if new:
+        keys = [k for k in rules if k in new] + [k for k in sorted(new) if k not in rules and "." not in k][:12]
+        out.append(
+            _table(
+                ("metric", "challenger", "champion"),
+                [
+                    (_e(k) + (" (gate)" if k in rules else ""), _fmt(new.get(k)), _fmt(old.get(k)))
+                    for k in dict.fromkeys(keys)
+                ],
+                "metrics",
+            )
+        )
+    rest = {k: v for k, v in gate.items() if k not in ("challenger_metrics", "champion_metrics", "reason", "action")}
+    out.append(_kv(rest))
+    return "".join(out)
+
+
+def _config(r: dict[str, Any]) -> str:
+    parts = []
+    for key, title in (("config", "Evaluation settings"), ("model", "Model"), ("timings", "Timings (s)")):
+        if r.get(key):
+            parts.append(
+                f"<details><summary>{title}</summary><pre>"
+                f"{_e(json.dumps(r[key], indent=2, sort_keys=True, default=str))}</pre></details>"
+            )
+    return "<h2>Details</h2>" + "".join(parts) if parts else ""
+
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1100px;
+color:#222;padding:0 16px}
+h1{font-size:1.6em;margin-bottom:.3em}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:1.8em}
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;
+vertical-align:top;font-size:.92em}th{background:#f5f5f5}table.kv th{display:none}table.kv td:first-child{
+font-weight:600;background:#fafafa}img.px{image-rendering:pixelated;height:176px}.pair img.px{height:120px}
+.pairs{display:flex;flex-wrap:wrap;gap:12px}.pair{border:1px solid #ddd;padding:6px;font-size:.85em}
+.pair.bad{border-color:#c00;background:#fee}.good{color:#16751d}.bad{color:#b00000;font-weight:600}
+.pending{color:#8a6d00;font-weight:600}.decision{font-size:1.3em;text-transform:uppercase}.muted{color:#888}
+.bar{display:inline-block;height:10px;background:#1f77b4;vertical-align:middle}
+svg.chart{margin:4px 12px 4px 0;background:#fff}svg .ct{font-size:13px;font-weight:600}
+svg .ax{font-size:10px;fill:#555}svg .lg{font-size:11px;font-weight:600}pre{background:#f7f7f7;padding:8px;
+overflow:auto;font-size:.85em}code{font-size:.85em}
+"""
+
+
+def render_report(report: dict[str, Any]) -> str:
+    """Self-contained HTML of the review report; every section is optional."""
+    title = _e(report.get("title") or "medgan-ops evaluation report")
+    body = "".join(
+        [
+            _header(report),
+            _gate(report),
+            _metrics(report),
+            _dice(report),
+            _samples(report),
+            _neighbours(report),
+            _consistency(report),
+            _curves(report),
+            _distribution(report),
+            _validation(report),
+            _config(report),
+        ]
+    )
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{STYLE}</style></head><body>{body}</body></html>\n"
+    )
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def json_safe(value: Any) -> Any:
+    """JSON without NaN/Infinity (not valid JSON): non-finite floats become null."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def write_report(report: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
+    """Write ``report.json`` and ``report.html`` into ``out_dir`` (each atomically); return the HTML path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    safe = json_safe(report)
+    atomic_write_text(out / "report.json", json.dumps(safe, indent=1, sort_keys=True, default=str))
+    atomic_write_text(out / "report.html", render_report(safe))
+    return out / "report.html"

@@ -1,0 +1,168 @@
+import json
+import re
+
+import numpy as np
+import pytest
+
+from components.evaluate.report import overlay, pair_grid, png_base64, render_report, write_report
+
+SECTIONS = [
+    "Metrics",
+    "Samples",
+    "Memorization audit",
+    "Training curves",
+    "Class distribution",
+    "Data validation",
+    "Gate decision",
+]
+
+
+def full_report() -> dict:
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (3, 16, 16)).astype(np.float32)
+    masks = np.zeros((3, 16, 16), np.uint8)
+    masks[:, 4:9, 4:9] = 1
+    tile = png_base64(pair_grid(images, masks))
+    return {
+        "run_key": "run-20260101-abc",
+        "created": "2026-01-01T00:00:00Z",
+        "dataset": {"version": {"rev": "deadbeef", "md5": "0123"}, "hash": "f" * 64, "split_sizes": "30 / 9 / 12"},
+        "model": {"name": "model", "options": {"steps": 600}},
+        "config": {"feature_extractor": "inception", "bootstrap": 50},
+        "metrics": {
+            "fid": 12.5,
+            "fid_ci_low": 10.0,
+            "fid_ci_high": 15.0,
+            "fid.benign": 30.0,
+            "fid_ci_low.benign": 20.0,
+            "fid_ci_high.benign": 40.0,
+            "kid": 0.01,
+            "dice_real": 0.6,
+            "dice_real_synth": 0.65,
+            "dice_gain": 0.05,
+            "dice_real.malignant": None,
+            "nn_copy_fraction": 0.0,
+        },
+        "notes": ["class rare: 1 real / 4 synthetic samples, too few for FID/KID"],
+        "dice": {
+            "real": 0.6,
+            "real_synth": 0.65,
+            "gain": 0.05,
+            "steps": 78,
+            "synth_per_class": 48,
+            "per_class": [{"class": "benign", "real": 0.6, "real_synth": 0.65, "gain": 0.05, "n_test": 9}],
+        },
+        "samples": [
+            {"class": "benign", "synthetic": tile, "real": tile},
+            {"class": "<script>", "synthetic": tile, "real": None},
+        ],
+        "memorization": {"threshold": 0.97, "copy_fraction": 0.1, "n_flagged": 1, "real_baseline_median": 0.8},
+        "neighbours": [{"synthetic": tile, "real": tile, "similarity": 0.99, "flagged": True, "class": "benign"}],
+        "consistency": {
+            "contrast_gap": 0.1,
+            "real": {"benign": {"contrast": 0.9, "mask_area": 0.02}},
+            "synthetic": {"benign": {"contrast": 0.8, "mask_area": 0.03, "label_mismatch": 0.0}},
+        },
+        "losses": {
+            "step": list(range(0, 100, 5)),
+            "loss_g": list(np.linspace(2, 1, 20)),
+            "loss_d": list(np.linspace(1, 0.5, 20)),
+            "img_per_s": [30.0] * 20,
+        },
+        "class_distribution": {
+            "train": {"normal": 20, "benign": 8},
+            "val": {"normal": 5, "benign": 2},
+            "test": {"normal": 6, "benign": 3},
+        },
+        "validation": {
+            "results": [
+                {
+                    "expectation": "expect_column_values_to_be_unique",
+                    "column": "content_hash",
+                    "success": True,
+                    "severity": "critical",
+                    "unexpected_count": 0,
+                },
+                {
+                    "expectation": "expect_column_values_to_be_between",
+                    "column": "mask_fraction",
+                    "success": False,
+                    "severity": "warning",
+                    "unexpected_count": 2,
+                },
+            ]
+        },
+        "timings": {"dice": 12.0},
+    }
+
+
+def assert_self_contained(html: str) -> None:
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//|ftp:)""", html, re.I)
+    assert "http://" not in html and "https://" not in html
+    assert "<script" not in html.lower()
+    assert "url(" not in html and "@import" not in html
+
+
+def test_minimal_report_renders_every_section_as_missing_or_pending():
+    html = render_report({})
+    for section in SECTIONS:
+        assert section in html
+    assert "pending" in html
+    assert_self_contained(html)
+
+
+def test_full_report_has_sections_images_curves_and_escapes_data():
+    html = render_report(full_report())
+    for section in SECTIONS:
+        assert section in html
+    assert "run-20260101-abc" in html and "rev=deadbeef" in html
+    assert html.count("data:image/png;base64,") == 5
+    assert html.count("<svg") == 2  # the losses chart + img_per_s
+    assert "[10, 15]" in html  # the CI
+    assert "expect_column_values_to_be_between" in html and "FAIL" in html
+    assert "FLAGGED" in html
+    assert "&lt;script&gt;" in html
+    assert "pending" in html
+    assert_self_contained(html)
+
+
+def test_gate_section_shows_decision(tmp_path):
+    report = full_report()
+    report["gate"] = {
+        "decision": "reject",
+        "action": "rejected",
+        "reason": "fid: 12.5 misses <= 10",
+        "challenger_metrics": {"fid": 12.5},
+        "champion_metrics": {"fid": 10.0},
+        "rules": [{"name": "fid", "mode": "min", "margin": 0.0}],
+    }
+    path = write_report(report, tmp_path)
+    html = path.read_text()
+    assert "rejected" in html and "fid: 12.5 misses" in html and "fid (gate)" in html
+    assert "pending" not in html.split("Gate decision")[1].split("<h2>")[0]
+    stored = json.loads((tmp_path / "report.json").read_text())
+    assert stored["gate"]["action"] == "rejected"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.json"]
+
+
+def test_non_finite_values_become_null_in_json(tmp_path):
+    write_report({"metrics": {"fid": float("nan"), "kid": np.float32(0.5)}}, tmp_path)
+    text = (tmp_path / "report.json").read_text()
+    assert "NaN" not in text
+    assert json.loads(text)["metrics"] == {"fid": None, "kid": 0.5}
+
+
+def test_overlay_marks_mask_in_red():
+    image = np.zeros((8, 8), np.float32)
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:6, 2:6] = 1
+    rgb = overlay(image, mask)
+    assert rgb.shape == (8, 8, 3)
+    assert rgb[3, 3, 0] > rgb[3, 3, 1]  # inside: tinted red
+    assert rgb[0, 0, 0] == rgb[0, 0, 1]  # outside: gray
+    assert pair_grid(np.zeros((2, 8, 8)), np.zeros((2, 8, 8))).shape == (18, 18, 3)
+
+
+@pytest.mark.parametrize("gate", [None, {}, "pending"])
+def test_gate_absent_is_pending(gate):
+    assert "pending" in render_report({"gate": gate})
