@@ -1,0 +1,130 @@
+"""Phased GAN loss in the style of StyleGAN2-ADA: ``Gmain``, ``Dmain`` and the lazy ``Dreg`` (R1) phase.
+
+Each phase computes its loss and back-propagates it into the parameters of the network it trains; the trainer owns
+the optimisers and decides when each phase runs (``Dreg`` every ``r1_interval`` steps). ``G`` and ``D`` may be
+DDP-wrapped: a phase calls the wrapper only for the network it trains, so gradients are all-reduced exactly once,
+and calls the bare module for the other one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from components.errors import ConfigError
+from components.gan.augment import diff_augment, parse_policy
+
+PHASES = ("Gmain", "Dmain", "Dreg")
+LOSSES = ("hinge", "nonsaturating")
+
+
+def _bare(module: nn.Module) -> nn.Module:
+    return getattr(module, "module", module)
+
+
+class PhasedLoss:
+    """Adversarial loss (hinge or non-saturating logistic) with lazy R1 on real pairs.
+
+    ``autocast`` is a zero-argument context factory wrapped around network forwards (bf16 on CUDA); the R1
+    gradient penalty always runs in float32, since its double backward is the numerically fragile part.
+    """
+
+    def __init__(
+        self,
+        G: nn.Module,
+        D: nn.Module,
+        loss: str = "hinge",
+        r1_gamma: float = 0.1,
+        r1_interval: int = 16,
+        augment: str = "",
+        autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+    ) -> None:
+        if loss not in LOSSES:
+            raise ConfigError(f"unknown train.loss {loss!r}; choose one of: {', '.join(LOSSES)}")
+        if r1_interval < 1:
+            raise ConfigError(f"train.r1_interval must be at least 1, got {r1_interval}")
+        self.G, self.D = G, D
+        self.loss = loss
+        self.r1_gamma = float(r1_gamma)
+        self.r1_interval = int(r1_interval)
+        self.augment = parse_policy(augment)
+        self.autocast = autocast or contextlib.nullcontext
+
+    def _run_D(
+        self, D: nn.Module, pairs: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        if self.augment:
+            pairs = diff_augment(pairs, self.augment, generator)
+        with self.autocast():
+            return D(pairs, labels).float()
+
+    def accumulate_gradients(
+        self,
+        phase: str,
+        real: torch.Tensor,
+        real_labels: torch.Tensor,
+        gen_z: torch.Tensor,
+        gen_labels: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Run one phase: compute its loss, call ``backward()``, return detached scalar statistics."""
+        if phase == "Gmain":
+            return self.g_main(gen_z, gen_labels, generator)
+        if phase == "Dmain":
+            return self.d_main(real, real_labels, gen_z, gen_labels, generator)
+        if phase == "Dreg":
+            return self.d_reg(real, real_labels, generator)
+        raise ValueError(f"unknown loss phase {phase!r}; phases are {PHASES}")
+
+    def g_main(
+        self, gen_z: torch.Tensor, gen_labels: torch.Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Generator phase: make D call the fakes real. Gradients flow through the bare D into G only."""
+        with self.autocast():
+            fake = self.G(gen_z, gen_labels)
+        logits = self._run_D(_bare(self.D), fake.float(), gen_labels, generator)
+        loss = -logits.mean() if self.loss == "hinge" else F.softplus(-logits).mean()
+        loss.backward()
+        return {"loss_g": loss.detach()}
+
+    def d_main(
+        self,
+        real: torch.Tensor,
+        real_labels: torch.Tensor,
+        gen_z: torch.Tensor,
+        gen_labels: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Discriminator phase: real pairs up, fakes (from the bare G, no grad) down, in one batched D call."""
+        with torch.no_grad(), self.autocast():
+            fake = _bare(self.G)(gen_z, gen_labels).float()
+        logits = self._run_D(self.D, torch.cat([real, fake]), torch.cat([real_labels, gen_labels]), generator)
+        real_logits, fake_logits = logits[: real.shape[0]], logits[real.shape[0] :]
+        if self.loss == "hinge":
+            loss = F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+        else:
+            loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+        loss.backward()
+        return {"loss_d": loss.detach(), "d_real": real_logits.detach().mean(), "d_fake": fake_logits.detach().mean()}
+
+    def d_reg(
+        self, real: torch.Tensor, real_labels: torch.Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Lazy R1: ``gamma/2 * E||grad_x D(x)||^2`` on real pairs, scaled by the interval it is applied at."""
+        real = real.detach().requires_grad_(True)
+        if self.augment:
+            augmented = diff_augment(real, self.augment, generator)
+        else:
+            augmented = real
+        logits = self.D(augmented, real_labels).float()
+        (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+        penalty = grad.square().sum(dim=(1, 2, 3))
+        loss = penalty.mean() * (self.r1_gamma / 2) * self.r1_interval
+        # The zero-weighted logits keep every D parameter in the graph (the output bias has no R1 gradient),
+        # which DDP needs to see each step; StyleGAN2-ADA does the same.
+        (logits.mean() * 0 + loss).backward()
+        return {"r1": penalty.detach().mean()}

@@ -1,0 +1,167 @@
+"""Class-conditional generator and projection discriminator for paired image + lesion-mask synthesis.
+
+Both networks work on *pairs* in generator-output format: a (N, 2, S, S) tensor whose channel 0 is the image in
+[-1, 1] and channel 1 the lesion-mask probability in [0, 1] (real masks are {0, 1}). Generating the mask from the
+same trunk as the image is what keeps the two consistent; the discriminator judges them jointly.
+
+Widths follow one rule for every size: ``channels`` is the width at a quarter of the output resolution; it halves
+towards the output and doubles towards 4x4, capped at ``4 * channels``. Neither network holds a feature map at full
+resolution (the generator ends in a sub-pixel conv, the discriminator starts with a stride-2 conv): on a CPU those
+layers cost memory traffic out of all proportion to what they add, and they dominated the step time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+MIN_SIZE, MAX_SIZE = 32, 256
+LRELU_SLOPE = 0.2
+
+
+def check_image_size(image_size: int) -> int:
+    """Return ``log2(image_size)``; raise ``ValueError`` unless it is a power of two in [32, 256]."""
+    log2 = int(round(math.log2(image_size))) if image_size > 0 else 0
+    if 2**log2 != image_size or not MIN_SIZE <= image_size <= MAX_SIZE:
+        raise ValueError(f"image_size must be a power of two from {MIN_SIZE} to {MAX_SIZE}, got {image_size}")
+    return log2
+
+
+def channel_width(channels: int, image_size: int, resolution: int) -> int:
+    """Width of the layers working at ``resolution`` (see the module docstring)."""
+    return max(1, min(4 * channels, channels * image_size // (4 * resolution)))
+
+
+def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Normalise each pixel's feature vector to unit RMS (ProGAN): batch-independent, so DDP- and EMA-safe."""
+    return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + eps)
+
+
+def icnr_(conv: nn.Conv2d, scale: int = 2) -> None:
+    """ICNR init (Aitken et al. 2017) of a conv that feeds a pixel shuffle.
+
+    All sub-pixel phases start equal, so conv + shuffle starts out as nearest upsampling of one conv: no checkerboard.
+    """
+    out_ch = conv.out_channels // scale**2
+    base = nn.Conv2d(conv.in_channels, out_ch, conv.kernel_size, padding=conv.padding)
+    with torch.no_grad():
+        conv.weight.copy_(base.weight.repeat_interleave(scale**2, dim=0))
+        conv.bias.copy_(base.bias.repeat_interleave(scale**2, dim=0))
+
+
+class _UpBlock(nn.Module):
+    """2x upsampling by a sub-pixel conv, then pixel norm, class modulation (FiLM) and leaky ReLU.
+
+    A 3x3 conv at the input resolution followed by a pixel shuffle costs the same FLOPs as nearest upsampling plus a
+    3x3 conv at the output resolution, but skips materialising the upsampled map: ~40% faster per block on CPU.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, cond_dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, 4 * out_ch, 3, padding=1)
+        icnr_(self.conv)
+        self.film = nn.Linear(cond_dim, 2 * out_ch)
+        # Start as the identity modulation so early training is not dominated by random offsets.
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        x = F.pixel_shuffle(self.conv(x), 2)
+        gamma, beta = self.film(cond)[:, :, None, None].chunk(2, dim=1)
+        return F.leaky_relu(pixel_norm(x) * (1 + gamma) + beta, LRELU_SLOPE)
+
+
+class Generator(nn.Module):
+    """Class-conditional generator: ``G(z, labels) -> (N, 2, S, S)`` (image in [-1, 1], mask probability in [0, 1]).
+
+    The class embedding is concatenated to ``z``; that vector feeds the input layer and also modulates (FiLM) every
+    upsampling block, so neither the class nor the latent can be "forgotten" deep in the network (latent-driven
+    modulation gave visibly more within-class diversity than class-only modulation in short quickstart runs).
+    """
+
+    def __init__(self, z_dim: int, n_classes: int, channels: int = 32, image_size: int = 64) -> None:
+        super().__init__()
+        log2 = check_image_size(image_size)
+        if n_classes < 1 or z_dim < 1 or channels < 1:
+            raise ValueError(f"z_dim, n_classes and channels must be positive ({z_dim}, {n_classes}, {channels})")
+        self.z_dim, self.n_classes, self.channels, self.image_size = z_dim, n_classes, channels, image_size
+        embed_dim = max(z_dim // 2, 8)
+        # Upsampling blocks stop at half resolution; the last layer is a sub-pixel conv (conv + pixel shuffle)
+        # straight to the pair, so no wide feature map ever exists at full resolution.
+        width = [channel_width(channels, image_size, 2**k) for k in range(2, log2)]
+        self.embed = nn.Embedding(n_classes, embed_dim)
+        self.fc = nn.Linear(z_dim + embed_dim, width[0] * 16)
+        self.blocks = nn.ModuleList(_UpBlock(width[i], width[i + 1], z_dim + embed_dim) for i in range(len(width) - 1))
+        self.to_pair = nn.Conv2d(width[-1], 2 * 4, 3, padding=1)
+        icnr_(self.to_pair)
+
+    def init_kwargs(self) -> dict[str, int]:
+        """Constructor arguments, stored with the weights so a model file rebuilds itself."""
+        return {
+            "z_dim": self.z_dim,
+            "n_classes": self.n_classes,
+            "channels": self.channels,
+            "image_size": self.image_size,
+        }
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Map latents ``z`` (N, z_dim) and class indices ``labels`` (N,) to pairs (N, 2, S, S)."""
+        e = self.embed(labels)
+        cond = torch.cat([z, e], dim=1)
+        x = self.fc(cond).view(z.shape[0], -1, 4, 4)
+        x = F.leaky_relu(pixel_norm(x), LRELU_SLOPE)
+        for block in self.blocks:
+            x = block(x, cond)
+        out = F.pixel_shuffle(self.to_pair(x), 2)
+        return torch.cat([torch.tanh(out[:, :1]), torch.sigmoid(out[:, 1:])], dim=1)
+
+
+class _DownBlock(nn.Module):
+    """A spectrally normalised 4x4 stride-2 conv and leaky ReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.down = spectral_norm(nn.Conv2d(in_ch, out_ch, 4, stride=2, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(self.down(x), LRELU_SLOPE)
+
+
+class Discriminator(nn.Module):
+    """Projection discriminator (Miyato & Koyama 2018) with spectral norm on every layer.
+
+    ``D(pair, labels) -> (N,)`` logits where ``pair`` is in generator-output format; the mask channel is mapped
+    from [0, 1] to [-1, 1] inside so both channels enter on the same scale. The class enters only through the
+    projection term ``<embed(y), phi(x)>``, which is what makes the logit depend on the label.
+    """
+
+    def __init__(self, n_classes: int, channels: int = 32, image_size: int = 64) -> None:
+        super().__init__()
+        log2 = check_image_size(image_size)
+        if n_classes < 1 or channels < 1:
+            raise ValueError(f"n_classes and channels must be positive ({n_classes}, {channels})")
+        self.n_classes, self.channels, self.image_size = n_classes, channels, image_size
+        # Like the generator, nothing wide runs at full resolution: the first conv reads the pair with stride 2.
+        width = [channel_width(channels, image_size, 2**k) for k in range(log2 - 1, 1, -1)]
+        self.from_pair = spectral_norm(nn.Conv2d(2, width[0], 4, stride=2, padding=1))
+        self.blocks = nn.Sequential(*(_DownBlock(width[i], width[i + 1]) for i in range(len(width) - 1)))
+        self.final = spectral_norm(nn.Conv2d(width[-1], width[-1], 3, padding=1))
+        self.linear = spectral_norm(nn.Linear(width[-1], 1))
+        self.embed = spectral_norm(nn.Embedding(n_classes, width[-1]))
+
+    def init_kwargs(self) -> dict[str, int]:
+        """Constructor arguments, stored in checkpoints."""
+        return {"n_classes": self.n_classes, "channels": self.channels, "image_size": self.image_size}
+
+    def forward(self, pair: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Score pairs (N, 2, S, S) in generator-output format as members of class ``labels``; returns (N,)."""
+        x = torch.cat([pair[:, :1], pair[:, 1:] * 2 - 1], dim=1)
+        x = F.leaky_relu(self.from_pair(x), LRELU_SLOPE)
+        x = self.blocks(x)
+        x = F.leaky_relu(self.final(x), LRELU_SLOPE)
+        h = x.sum(dim=(2, 3))  # sum pooling, as in SNGAN/BigGAN projection discriminators
+        return self.linear(h).squeeze(1) + (self.embed(labels) * h).sum(dim=1)

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from components.errors import ConfigError
+from components.gan.augment import diff_augment, parse_policy
+from components.gan.networks import Discriminator, Generator
+from components.gan.sampling import class_grid, generate
+
+
+@pytest.mark.parametrize("size, channels", [(32, 8), (64, 16)])
+def test_generator_and_discriminator_shapes(size, channels):
+    torch.manual_seed(0)
+    G = Generator(z_dim=16, n_classes=3, channels=channels, image_size=size)
+    D = Discriminator(n_classes=3, channels=channels, image_size=size)
+    labels = torch.tensor([0, 1, 2, 1])
+    pair = G(torch.randn(4, 16), labels)
+    assert pair.shape == (4, 2, size, size)
+    assert pair[:, 0].min() >= -1 and pair[:, 0].max() <= 1
+    assert pair[:, 1].min() >= 0 and pair[:, 1].max() <= 1
+    logits = D(pair, labels)
+    assert logits.shape == (4,)
+    logits.sum().backward()  # gradients reach the generator through the discriminator
+    assert all(p.grad is not None for p in G.parameters())
+
+
+def test_projection_discriminator_uses_the_label():
+    torch.manual_seed(0)
+    D = Discriminator(n_classes=3, channels=8, image_size=32).eval()
+    pair = torch.rand(2, 2, 32, 32) * 2 - 1
+    a = D(pair, torch.tensor([0, 0]))
+    b = D(pair, torch.tensor([2, 2]))
+    assert not torch.allclose(a, b)
+
+
+def test_generator_output_depends_on_the_label():
+    torch.manual_seed(0)
+    G = Generator(z_dim=16, n_classes=3, channels=8, image_size=32)
+    torch.nn.init.normal_(G.blocks[0].film.weight)  # leave the identity initialisation of the class modulation
+    z = torch.randn(1, 16).repeat(2, 1)
+    out = G(z, torch.tensor([0, 2]))
+    assert not torch.allclose(out[0], out[1])
+
+
+@pytest.mark.parametrize("size", [16, 48, 512])
+def test_image_size_must_be_a_power_of_two_in_range(size):
+    with pytest.raises(ValueError, match="power of two"):
+        Generator(16, 3, 8, size)
+
+
+def test_generate_is_deterministic_and_batch_independent():
+    torch.manual_seed(0)
+    G = Generator(z_dim=16, n_classes=3, channels=8, image_size=32)
+    labels = np.array([0, 1, 2, 2, 1])
+    images, masks = generate(G, labels, seed=7, batch_size=2)
+    assert images.dtype == np.float32 and images.shape == (5, 32, 32)
+    assert masks.dtype == np.uint8 and set(np.unique(masks)) <= {0, 1}
+    same, same_masks = generate(G, labels, seed=7, batch_size=2)
+    np.testing.assert_array_equal(images, same)
+    np.testing.assert_array_equal(masks, same_masks)
+    # Another batch size only changes the convolution kernels' summation order, not the latents.
+    other_batch, other_masks = generate(G, labels, seed=7, batch_size=64)
+    np.testing.assert_allclose(images, other_batch, atol=1e-5)
+    assert (masks == other_masks).mean() > 0.999
+    other, _ = generate(G, labels, seed=8)
+    assert not np.allclose(images, other)
+    with pytest.raises(ValueError, match="class indices"):
+        generate(G, np.array([3]), seed=0)
+
+
+def test_class_grid_layout():
+    images = np.linspace(-1, 1, 4 * 8 * 8, dtype=np.float32).reshape(4, 8, 8)
+    masks = np.ones((4, 8, 8), np.uint8)
+    grid = class_grid(images, masks, np.array([0, 1, 1, 1]), ["a", "b", "c"], per_class=2)
+    assert grid.dtype == np.uint8
+    assert grid.shape == (3 * (8 + 2) + 2, 2 * (2 * 8 + 2 + 2) + 2)
+    assert grid[2:10, 12:20].min() == 255  # class a, first cell: its mask
+    assert grid[22:30].max() == 0  # class c has no samples: an empty row
+
+
+def test_diffaugment_moves_image_and_mask_together():
+    gen = torch.Generator().manual_seed(0)
+    base = (torch.rand(6, 1, 32, 32, generator=gen) > 0.5).float()
+    pair = torch.cat([base, base], dim=1).requires_grad_(True)
+    out = diff_augment(pair, "translation,cutout", torch.Generator().manual_seed(1))
+    assert out.shape == pair.shape
+    torch.testing.assert_close(out[:, 0], out[:, 1])  # same geometric transform for both channels
+    assert not torch.equal(out, pair)
+    out.sum().backward()  # differentiable
+    assert pair.grad is not None
+    colored = diff_augment(pair.detach(), "color", torch.Generator().manual_seed(1))
+    torch.testing.assert_close(colored[:, 1], pair[:, 1].detach())  # colour never touches the mask
+    assert not torch.equal(colored[:, 0], pair[:, 0].detach())
+
+
+def test_diffaugment_policy_is_checked():
+    assert parse_policy(" translation, cutout ,") == ["translation", "cutout"]
+    assert parse_policy("") == []
+    with pytest.raises(ConfigError, match="flip"):
+        parse_policy("translation,flip")
