@@ -91,8 +91,10 @@ def open_archive(path: str | os.PathLike[str]) -> Archive:
     masks = np.load(root / "masks.npy", mmap_mode="r")
     manifest = pd.read_parquet(root / "manifest.parquet")
     if not (len(images) == len(masks) == len(manifest) == meta["n"]):
-        raise DataError(f"{root}: archive is inconsistent ({len(images)} images, {len(masks)} masks, "
-                        f"{len(manifest)} manifest rows, {meta['n']} declared)")
+        raise DataError(
+            f"{root}: archive is inconsistent ({len(images)} images, {len(masks)} masks, "
+            f"{len(manifest)} manifest rows, {meta['n']} declared)"
+        )
     return Archive(root, images, masks, manifest, meta)
 
 
@@ -160,7 +162,7 @@ class ArchiveWriter:
         for name, full in (("images", self._images), ("masks", self._masks)):
             out = np.lib.format.open_memmap(self._tmp / f"{name}.npy", "w+", full.dtype, (n, self.size, self.size))
             for start in range(0, n, 1024):  # chunked copy keeps memory flat
-                out[start:start + 1024] = full[start:min(start + 1024, n)]
+                out[start : start + 1024] = full[start : min(start + 1024, n)]
             out.flush()
             del out
         del self._images, self._masks
@@ -170,8 +172,14 @@ class ArchiveWriter:
         manifest.to_parquet(self._tmp / "manifest.parquet", index=False)
         pd.DataFrame(self.quarantine, columns=QUARANTINE_COLUMNS).to_csv(self._tmp / "quarantine.csv", index=False)
         dataset_hash = hashlib.sha256("".join(sorted(manifest["content_hash"])).encode()).hexdigest()
-        full_meta = {**meta, "format_version": FORMAT_VERSION, "n": n, "image_size": self.size,
-                     "n_quarantined": len(self.quarantine), "dataset_hash": dataset_hash}
+        full_meta = {
+            **meta,
+            "format_version": FORMAT_VERSION,
+            "n": n,
+            "image_size": self.size,
+            "n_quarantined": len(self.quarantine),
+            "dataset_hash": dataset_hash,
+        }
         (self._tmp / "archive.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True))
         if self.path.exists():
             shutil.rmtree(self.path)

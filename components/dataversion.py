@@ -38,10 +38,20 @@ def describe(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "rev": "unknown",
     }
     try:
-        rev = subprocess.run(["git", "log", "-n", "1", "--format=%H", "--", dvc_file.name], cwd=dvc_file.parent,
-                             capture_output=True, text=True, timeout=10)
-        status = subprocess.run(["git", "status", "--porcelain", "--", dvc_file.name], cwd=dvc_file.parent,
-                                capture_output=True, text=True, timeout=10)
+        rev = subprocess.run(
+            ["git", "log", "-n", "1", "--format=%H", "--", dvc_file.name],
+            cwd=dvc_file.parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--", dvc_file.name],
+            cwd=dvc_file.parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if rev.returncode == 0 and rev.stdout.strip():
             info["rev"] = rev.stdout.strip() + ("-modified" if status.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):

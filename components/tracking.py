@@ -35,7 +35,7 @@ def default_tracking_uri(project_dir: str | os.PathLike[str] | None = None) -> s
 def _artifact_location(tracking_uri: str) -> str | None:
     # With a SQLite store MLflow would put artifacts under ./mlruns of whatever the cwd is; keep them beside the db.
     if tracking_uri.startswith("sqlite:///"):
-        return (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+        return (Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
     return None
 
 
@@ -75,7 +75,7 @@ class RunTracker:
         existing = self.client.get_run(self.run_id).data.params
         fresh = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
         for start in range(0, len(fresh), 100):
-            self.client.log_batch(self.run_id, params=fresh[start:start + 100])
+            self.client.log_batch(self.run_id, params=fresh[start : start + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Log numeric metrics at ``step``; non-finite values are skipped, as MLflow rejects them in some stores."""
@@ -86,7 +86,7 @@ class RunTracker:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, int(step or 0)) for k, v in metrics.items() if np.isfinite(v)]
         for start in range(0, len(batch), 500):
-            self.client.log_batch(self.run_id, metrics=batch[start:start + 500])
+            self.client.log_batch(self.run_id, metrics=batch[start : start + 500])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         """Set run tags."""

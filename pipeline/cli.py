@@ -23,8 +23,9 @@ def cmd_phantom(args: argparse.Namespace) -> None:
     """Write the synthetic DICOM sample dataset."""
     from components.phantom import write_phantom
 
-    out = write_phantom(args.out, seed=args.seed, n_patients=args.patients, slices_per_patient=args.slices,
-                        size=args.size)
+    out = write_phantom(
+        args.out, seed=args.seed, n_patients=args.patients, slices_per_patient=args.slices, size=args.size
+    )
     print(f"wrote phantom DICOM dataset to {out} (labels: {Path(out) / 'labels.csv'})")
 
 
@@ -39,8 +40,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     print("\n" + "=" * 72)
     print(f"run {result.run_key} finished")
     if gate:
-        print(f"  model      {gate.get('model_name')} version {gate.get('challenger_version')} -> "
-              f"{gate.get('action')} ({gate.get('reason')})")
+        print(
+            f"  model      {gate.get('model_name')} version {gate.get('challenger_version')} -> "
+            f"{gate.get('action')} ({gate.get('reason')})"
+        )
     print(f"  report     {result.report}")
     print(f"  run folder {result.run_dir}")
     print(f"  MLflow UI  mlflow ui --backend-store-uri {result.tracking_uri}   (then open http://127.0.0.1:5000)")
@@ -103,8 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     def with_config(p: argparse.ArgumentParser) -> None:
         p.add_argument("--preset", default="quickstart", help=f"named preset ({', '.join(PRESETS)})")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set train.steps=100 (repeatable)")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config value, e.g. --set train.steps=100 (repeatable)",
+        )
 
     p = sub.add_parser("phantom", help="write a synthetic DICOM dataset (CT-like phantoms, 3 classes, masks)")
     p.add_argument("--out", default="data")

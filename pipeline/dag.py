@@ -33,28 +33,58 @@ def medgan_pipeline(
       7. register: MLflow model version as `challenger`, gate decision against `champion`.
       8. gate: if the challenger wins, promote it to `champion`; else record the rejection. Both finalise the report.
     """
-    opened = open_run_op(config_json=config_json, tracking_json=tracking_json,
-                         dataset_version_json=dataset_version_json).set_display_name("open MLflow run")
-    ingest = ingest_op(data_dir=data_dir, config_json=config_json, tracking_json=tracking_json,
-                       dataset_version_json=dataset_version_json, mlflow_run_id=opened.output)
+    opened = open_run_op(
+        config_json=config_json, tracking_json=tracking_json, dataset_version_json=dataset_version_json
+    ).set_display_name("open MLflow run")
+    ingest = ingest_op(
+        data_dir=data_dir,
+        config_json=config_json,
+        tracking_json=tracking_json,
+        dataset_version_json=dataset_version_json,
+        mlflow_run_id=opened.output,
+    )
     ingest.set_display_name("ingest DICOM")
     validate = validate_op(archive=ingest.outputs["archive"], config_json=config_json, tracking_json=tracking_json)
     validate.set_display_name("validate data (great-expectations)")
-    rebalance = rebalance_op(archive=ingest.outputs["archive"], validation=validate.outputs["Output"], config_json=config_json,
-                             tracking_json=tracking_json).set_display_name("patient-level split + rebalance")
-    train = train_op(archive=ingest.outputs["archive"], split=rebalance.outputs["split"], config_json=config_json,
-                     tracking_json=tracking_json).set_display_name("train GAN")
-    evaluate = evaluate_op(archive=ingest.outputs["archive"], split=rebalance.outputs["split"],
-                           model=train.outputs["model"], validation=validate.outputs["Output"], config_json=config_json,
-                           tracking_json=tracking_json, cache_dir=cache_dir).set_display_name("evaluate")
-    register = register_op(model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"],
-                           archive=ingest.outputs["archive"], config_json=config_json,
-                           tracking_json=tracking_json).set_display_name("register challenger")
+    rebalance = rebalance_op(
+        archive=ingest.outputs["archive"],
+        validation=validate.outputs["Output"],
+        config_json=config_json,
+        tracking_json=tracking_json,
+    ).set_display_name("patient-level split + rebalance")
+    train = train_op(
+        archive=ingest.outputs["archive"],
+        split=rebalance.outputs["split"],
+        config_json=config_json,
+        tracking_json=tracking_json,
+    ).set_display_name("train GAN")
+    evaluate = evaluate_op(
+        archive=ingest.outputs["archive"],
+        split=rebalance.outputs["split"],
+        model=train.outputs["model"],
+        validation=validate.outputs["Output"],
+        config_json=config_json,
+        tracking_json=tracking_json,
+        cache_dir=cache_dir,
+    ).set_display_name("evaluate")
+    register = register_op(
+        model=train.outputs["model"],
+        evaluation=evaluate.outputs["evaluation"],
+        archive=ingest.outputs["archive"],
+        config_json=config_json,
+        tracking_json=tracking_json,
+    ).set_display_name("register challenger")
     with dsl.If(register.outputs["decision"] == "promote", name="challenger-wins"):
-        promote = apply_gate_op(decision_json=register.outputs["decision_json"],
-                                evaluation=evaluate.outputs["evaluation"], tracking_json=tracking_json)
+        promote = apply_gate_op(
+            decision_json=register.outputs["decision_json"],
+            evaluation=evaluate.outputs["evaluation"],
+            tracking_json=tracking_json,
+        )
         promote.set_display_name("promote to champion")
     with dsl.Else(name="champion-stays"):
-        reject = apply_gate_op(decision_json=register.outputs["decision_json"],
-                               evaluation=evaluate.outputs["evaluation"], tracking_json=tracking_json)
+        reject = apply_gate_op(
+            decision_json=register.outputs["decision_json"],
+            evaluation=evaluate.outputs["evaluation"],
+            tracking_json=tracking_json,
+        )
         reject.set_display_name("record rejection")

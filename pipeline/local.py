@@ -36,14 +36,17 @@ class LocalRun:
 def preflight(data_dir: Path) -> None:
     """Catch the common user mistakes before any component starts, with a message that says what to do."""
     if not data_dir.exists():
-        raise DataError(f"data folder {data_dir} does not exist; create a sample with `medgan phantom --out "
-                        f"{data_dir}` or point --data at your DICOM folder")
+        raise DataError(
+            f"data folder {data_dir} does not exist; create a sample with `medgan phantom --out "
+            f"{data_dir}` or point --data at your DICOM folder"
+        )
     if not data_dir.is_dir():
         raise DataError(f"data path {data_dir} is not a folder")
     labels = data_dir / "labels.csv"
     if not labels.is_file():
-        raise DataError(f"{labels} not found: the data folder needs a labels.csv (columns file,label[,patient_id,"
-                        "mask_file])")
+        raise DataError(
+            f"{labels} not found: the data folder needs a labels.csv (columns file,label[,patient_id,mask_file])"
+        )
     if not labels.read_text(errors="replace").strip():
         raise DataError(f"{labels} is empty: it needs a header (file,label,...) and one row per image")
 
@@ -105,8 +108,7 @@ def run_local(data_dir: str | os.PathLike[str], cfg: Config, project_dir: str | 
     os.environ["MEDGAN_ERROR_FILE"] = str(error_file)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(runs / "kfp"),
-               raise_on_error=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(runs / "kfp"), raise_on_error=True)
     try:
         medgan_pipeline(
             data_dir=str(data),
@@ -136,9 +138,14 @@ def _fetch_outcome(tracking: dict[str, str], run_dir: Path) -> dict[str, Any]:
 
     tracker = RunTracker(tracking["tracking_uri"], tracking["experiment"], tracking["run_key"])
     with tempfile.TemporaryDirectory() as tmp:
-        fetched = {name: Path(download_artifacts(run_id=tracker.run_id, artifact_path=name, dst_path=tmp,
-                                                 tracking_uri=tracking["tracking_uri"]))
-                   for name in ("report/report.html", "gate/audit.json")}
+        fetched = {
+            name: Path(
+                download_artifacts(
+                    run_id=tracker.run_id, artifact_path=name, dst_path=tmp, tracking_uri=tracking["tracking_uri"]
+                )
+            )
+            for name in ("report/report.html", "gate/audit.json")
+        }
         shutil.copyfile(fetched["report/report.html"], run_dir / "report.html")
         audit = json.loads(fetched["gate/audit.json"].read_text())
     (run_dir / "gate.json").write_text(json.dumps(audit, indent=2))

@@ -34,8 +34,9 @@ def phantom_dir(tmp_path_factory) -> Path:
     """A small phantom DICOM set: 9 patients (1 rare-class), 6 slices each, 64 px."""
     from components.phantom import write_phantom
 
-    return write_phantom(tmp_path_factory.mktemp("phantom") / "data", seed=1, n_patients=9, slices_per_patient=6,
-                         size=64)
+    return write_phantom(
+        tmp_path_factory.mktemp("phantom") / "data", seed=1, n_patients=9, slices_per_patient=6, size=64
+    )
 
 
 @pytest.fixture(scope="session")
@@ -68,10 +69,24 @@ def mlflow_server(tmp_path_factory):
     artifacts = tmp_path_factory.mktemp("mlflow-artifacts")
     log = open(tmp_path_factory.mktemp("mlflow-log") / "server.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server",
-         "--backend-store-uri", f"postgresql+psycopg2://{PG_USER}@{PG_HOST}:{PG_PORT}/{dbname}",
-         "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"postgresql+psycopg2://{PG_USER}@{PG_HOST}:{PG_PORT}/{dbname}",
+            "--artifacts-destination",
+            str(artifacts),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -99,9 +114,15 @@ def mlflow_server(tmp_path_factory):
         admin.close()
 
 
-def write_synthetic_archive(path: Path, labels: list[str], patients: list[str], size: int = 16,
-                            classes: tuple[str, ...] = ("normal", "benign", "malignant"), seed: int = 0,
-                            masked: tuple[str, ...] = ("benign", "malignant")) -> Path:
+def write_synthetic_archive(
+    path: Path,
+    labels: list[str],
+    patients: list[str],
+    size: int = 16,
+    classes: tuple[str, ...] = ("normal", "benign", "malignant"),
+    seed: int = 0,
+    masked: tuple[str, ...] = ("benign", "malignant"),
+) -> Path:
     """An archive of random blobs (lesion classes get a square mask), written through the real ArchiveWriter."""
     import numpy as np
 
@@ -113,14 +134,30 @@ def write_synthetic_archive(path: Path, labels: list[str], patients: list[str], 
             image = rng.uniform(-1, 1, (size, size)).astype(np.float32)
             mask = np.zeros((size, size), np.uint8)
             if label in masked:
-                mask[size // 4: size // 2, size // 4: size // 2] = 1
-            writer.add(image, mask, {
-                "source_file": f"f{i}.dcm", "source_sha256": f"{i:064x}", "patient": patient, "label": label,
-                "label_idx": classes.index(label), "modality": "CT", "pixel_spacing_row": 1.0,
-                "pixel_spacing_col": 1.0, "orig_rows": size, "orig_cols": size,
-            })
-        writer.commit({"classes": list(classes), "lesion_classes": [c for c in classes if c != "normal"],
-                       "dataset_version": {"tracked": False}})
+                mask[size // 4 : size // 2, size // 4 : size // 2] = 1
+            writer.add(
+                image,
+                mask,
+                {
+                    "source_file": f"f{i}.dcm",
+                    "source_sha256": f"{i:064x}",
+                    "patient": patient,
+                    "label": label,
+                    "label_idx": classes.index(label),
+                    "modality": "CT",
+                    "pixel_spacing_row": 1.0,
+                    "pixel_spacing_col": 1.0,
+                    "orig_rows": size,
+                    "orig_cols": size,
+                },
+            )
+        writer.commit(
+            {
+                "classes": list(classes),
+                "lesion_classes": [c for c in classes if c != "normal"],
+                "dataset_version": {"tracked": False},
+            }
+        )
     return path
 
 

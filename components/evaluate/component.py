@@ -7,8 +7,16 @@ from components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def evaluate_op(archive: Input[Dataset], split: Input[Dataset], model: Input[Model], validation: str,
-                config_json: str, tracking_json: str, cache_dir: str, evaluation: Output[Dataset]) -> str:
+def evaluate_op(
+    archive: Input[Dataset],
+    split: Input[Dataset],
+    model: Input[Model],
+    validation: str,
+    config_json: str,
+    tracking_json: str,
+    cache_dir: str,
+    evaluation: Output[Dataset],
+) -> str:
     """Evaluate the trained generator; return metrics.json's content."""
     import json
 
@@ -17,6 +25,14 @@ def evaluate_op(archive: Input[Dataset], split: Input[Dataset], model: Input[Mod
     from components.stage import dump, reported
 
     with reported("evaluate"):
-        metrics = evaluate(archive.path, split.path, model.path, evaluation.path, Config.from_json(config_json),
-                           json.loads(tracking_json), cache_dir=cache_dir or None, validation=json.loads(validation))
+        metrics = evaluate(
+            archive.path,
+            split.path,
+            model.path,
+            evaluation.path,
+            Config.from_json(config_json),
+            json.loads(tracking_json),
+            cache_dir=cache_dir or None,
+            validation=json.loads(validation),
+        )
         return dump(metrics)

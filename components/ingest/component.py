@@ -7,8 +7,14 @@ from components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def ingest_op(data_dir: str, config_json: str, tracking_json: str, dataset_version_json: str, mlflow_run_id: str,
-              archive: Output[Dataset]) -> str:
+def ingest_op(
+    data_dir: str,
+    config_json: str,
+    tracking_json: str,
+    dataset_version_json: str,
+    mlflow_run_id: str,
+    archive: Output[Dataset],
+) -> str:
     """Ingest the DICOM files listed in labels.csv into one archive; return the ingest summary as JSON."""
     import json
 

@@ -7,8 +7,9 @@ from components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def rebalance_op(archive: Input[Dataset], validation: str, config_json: str, tracking_json: str,
-                 split: Output[Dataset]) -> str:
+def rebalance_op(
+    archive: Input[Dataset], validation: str, config_json: str, tracking_json: str, split: Output[Dataset]
+) -> str:
     """Split patients into train/val/test and weight classes; return the distribution summary as JSON."""
     from components.rebalance.core import rebalance
     from components.stage import dump, load_inputs, reported

@@ -23,8 +23,9 @@ SPLITS = ("train", "val", "test")
 STRATEGIES = ("none", "weighted-sampler", "class-weighted-loss")
 
 
-def split_patients(manifest: pd.DataFrame, classes: list[str], val_fraction: float, test_fraction: float,
-                   seed: int) -> dict[str, str]:
+def split_patients(
+    manifest: pd.DataFrame, classes: list[str], val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, str]:
     """Assign every patient to train/val/test, stratified by the rarest class the patient has.
 
     Within each stratum patients are shuffled (seeded) and dealt so that val and test each get their share,
@@ -32,8 +33,9 @@ def split_patients(manifest: pd.DataFrame, classes: list[str], val_fraction: flo
     than one patient.
     """
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
-        raise ConfigError(f"split fractions must be in [0, 1) and sum below 1 (val={val_fraction}, "
-                          f"test={test_fraction})")
+        raise ConfigError(
+            f"split fractions must be in [0, 1) and sum below 1 (val={val_fraction}, test={test_fraction})"
+        )
     class_freq = manifest["label"].value_counts()
     rarity = {c: class_freq.get(c, 0) for c in classes}
     strata = manifest.groupby("patient")["label"].agg(lambda labels: min(set(labels), key=lambda c: rarity[c]))
@@ -65,8 +67,9 @@ def class_weights(labels: pd.Series, classes: list[str], power: float) -> dict[s
     return {c: w * len(labels) / total for c, w in raw.items()}
 
 
-def rebalance(archive_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], cfg: Config,
-              tracker: Any = None) -> dict[str, Any]:
+def rebalance(
+    archive_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], cfg: Config, tracker: Any = None
+) -> dict[str, Any]:
     """Write ``split.parquet`` (index, sample_id, patient, label, split, weight) and ``distribution.json``."""
     archive = open_archive(archive_dir)
     manifest = archive.manifest
@@ -75,14 +78,15 @@ def rebalance(archive_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
         raise ConfigError(f"unknown split.strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
     if manifest.empty:
         raise DataError(f"{archive_dir}: the archive holds no samples")
-    assignment = split_patients(manifest, archive.classes, cfg.split.val_fraction, cfg.split.test_fraction,
-                                cfg.seed)
-    table = pd.DataFrame({
-        "index": np.arange(len(manifest)),
-        "sample_id": manifest["sample_id"].to_numpy(),
-        "patient": manifest["patient"].to_numpy(),
-        "label": manifest["label"].to_numpy(),
-    })
+    assignment = split_patients(manifest, archive.classes, cfg.split.val_fraction, cfg.split.test_fraction, cfg.seed)
+    table = pd.DataFrame(
+        {
+            "index": np.arange(len(manifest)),
+            "sample_id": manifest["sample_id"].to_numpy(),
+            "patient": manifest["patient"].to_numpy(),
+            "label": manifest["label"].to_numpy(),
+        }
+    )
     table["split"] = table["patient"].map(assignment)
     train = table["split"] == "train"
     # class-weighted-loss keeps uniform sampling and hands the weights to the loss instead (recorded per class).
@@ -97,8 +101,11 @@ def rebalance(archive_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
         for split in SPLITS
     }
     patients = {split: int(table.loc[table["split"] == split, "patient"].nunique()) for split in SPLITS}
-    expected = {c: float(table.loc[train & (table["label"] == c), "weight"].sum() / table.loc[train, "weight"].sum())
-                for c in archive.classes if distribution["train"][c]}
+    expected = {
+        c: float(table.loc[train & (table["label"] == c), "weight"].sum() / table.loc[train, "weight"].sum())
+        for c in archive.classes
+        if distribution["train"][c]
+    }
     summary = {
         "strategy": strategy,
         "counts": distribution,

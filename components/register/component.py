@@ -9,8 +9,9 @@ from components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def register_op(model: Input[Model], evaluation: Input[Dataset], archive: Input[Dataset], config_json: str,
-                tracking_json: str) -> NamedTuple("GateOutputs", decision=str, decision_json=str):
+def register_op(
+    model: Input[Model], evaluation: Input[Dataset], archive: Input[Dataset], config_json: str, tracking_json: str
+) -> NamedTuple("GateOutputs", decision=str, decision_json=str):
     """Register a new model version as challenger; return the gate decision ('promote'/'reject') and its record."""
     import json
     from typing import NamedTuple
@@ -23,9 +24,10 @@ def register_op(model: Input[Model], evaluation: Input[Dataset], archive: Input[
     with reported("register"):
         meta = open_archive(archive.path).meta
         lineage = {**meta.get("dataset_version", {}), "dataset_hash": meta["dataset_hash"]}
-        decision = register(model.path, evaluation.path, Config.from_json(config_json), json.loads(tracking_json),
-                            lineage)
-        outputs = NamedTuple("GateOutputs", decision=str, decision_json=str)
+        decision = register(
+            model.path, evaluation.path, Config.from_json(config_json), json.loads(tracking_json), lineage
+        )
+        outputs = NamedTuple("GateOutputs", decision=str, decision_json=str)  # noqa: UP014 - matches the signature
         return outputs(decision["decision"], dump(decision))
 
 
@@ -38,5 +40,4 @@ def apply_gate_op(decision_json: str, evaluation: Input[Dataset], tracking_json:
     from components.stage import dump, reported
 
     with reported("gate"):
-        return dump(apply_decision(json.loads(decision_json), evaluation.path, report.path,
-                                   json.loads(tracking_json)))
+        return dump(apply_decision(json.loads(decision_json), evaluation.path, report.path, json.loads(tracking_json)))

@@ -17,6 +17,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from components.config import Config, GateMetric
 from components.errors import RegistryError
 from components.evaluate.report import write_report
@@ -31,17 +33,29 @@ def git_commit(repo_dir: str | os.PathLike[str] | None = None) -> str:
     if os.environ.get("MEDGAN_GIT_COMMIT"):
         return os.environ["MEDGAN_GIT_COMMIT"]
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir or Path(__file__).parent, check=True,
-                             capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=repo_dir or Path(__file__).parent, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=repo_dir or Path(__file__).parent,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo_dir or Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
-def gate_decision(challenger: dict[str, float], champion: dict[str, float] | None,
-                  rules: list[GateMetric]) -> tuple[bool, str]:
+def gate_decision(
+    challenger: dict[str, float], champion: dict[str, float] | None, rules: list[GateMetric]
+) -> tuple[bool, str]:
     """Promote when there is no champion, or when the challenger beats it on every rule by more than its margin."""
     if champion is None:
         return True, "no champion to beat: the first model becomes champion"
@@ -57,14 +71,16 @@ def gate_decision(challenger: dict[str, float], champion: dict[str, float] | Non
         better = new < old - rule.margin if rule.mode == "min" else new > old + rule.margin
         sign = "<" if rule.mode == "min" else ">"
         target = old - rule.margin if rule.mode == "min" else old + rule.margin
-        reasons.append(f"{rule.name}: {new:.4g} {'meets' if better else 'misses'} {sign} {target:.4g} "
-                       f"(champion {old:.4g}, margin {rule.margin:g})")
+        reasons.append(
+            f"{rule.name}: {new:.4g} {'meets' if better else 'misses'} {sign} {target:.4g} "
+            f"(champion {old:.4g}, margin {rule.margin:g})"
+        )
         ok = ok and better
     return ok, "; ".join(reasons)
 
 
 def _version_metrics(version: Any) -> dict[str, float]:
-    return {k[len(METRIC_TAG):]: float(v) for k, v in version.tags.items() if k.startswith(METRIC_TAG)}
+    return {k[len(METRIC_TAG) :]: float(v) for k, v in version.tags.items() if k.startswith(METRIC_TAG)}
 
 
 def champion_version(client: Any, model_name: str) -> Any | None:
@@ -77,12 +93,17 @@ def champion_version(client: Any, model_name: str) -> Any | None:
         return None
 
 
-def register(model_dir: str | os.PathLike[str], eval_dir: str | os.PathLike[str], cfg: Config,
-             tracking: dict[str, str], dataset_version: dict[str, Any]) -> dict[str, Any]:
+def register(
+    model_dir: str | os.PathLike[str],
+    eval_dir: str | os.PathLike[str],
+    cfg: Config,
+    tracking: dict[str, str],
+    dataset_version: dict[str, Any],
+) -> dict[str, Any]:
     """Log + register the generator, set ``challenger``, and return the gate decision (nothing promoted yet)."""
     import mlflow
 
-    from components.register.pyfunc import GeneratorModel
+    from components.register.pyfunc import GeneratorModel, signature
 
     metrics = json.loads((Path(eval_dir) / "metrics.json").read_text())
     tracker = RunTracker(tracking["tracking_uri"], tracking["experiment"], tracking["run_key"])
@@ -94,16 +115,20 @@ def register(model_dir: str | os.PathLike[str], eval_dir: str | os.PathLike[str]
         info = mlflow.pyfunc.log_model(
             name="generator",
             python_model=GeneratorModel(),
-            artifacts={"generator": str(model_dir / "generator.pt"),
-                       "training_options": str(model_dir / "training_options.json")},
+            artifacts={
+                "generator": str(model_dir / "generator.pt"),
+                "training_options": str(model_dir / "training_options.json"),
+            },
             code_paths=[str(Path(__file__).resolve().parents[1])],
-            pip_requirements=[f"torch=={_version('torch')}", f"numpy=={_version('numpy')}",
-                              f"pandas=={_version('pandas')}", f"mlflow=={_version('mlflow')}"],
+            signature=signature(cfg.data.image_size),
+            input_example=pd.DataFrame({"class": [cfg.data.classes[-1]], "n": [2], "seed": [0]}),
+            pip_requirements=[
+                f"torch=={_version('torch')}",
+                f"numpy=={_version('numpy')}",
+                f"pandas=={_version('pandas')}",
+                f"mlflow=={_version('mlflow')}",
+            ],
         )
-    try:
-        client.get_registered_model(name)
-    except Exception:  # noqa: BLE001 - any lookup failure means: create it
-        client.create_registered_model(name, description="Class-conditional GAN: image + lesion mask per class.")
     tags = {
         "dataset.dvc_rev": dataset_version.get("rev", "unknown"),
         "dataset.dvc_md5": dataset_version.get("md5", "unknown"),
@@ -114,7 +139,8 @@ def register(model_dir: str | os.PathLike[str], eval_dir: str | os.PathLike[str]
         # full precision: the gate of later runs compares against these values
         **{f"{METRIC_TAG}{k}": repr(float(v)) for k, v in metrics.items() if isinstance(v, (int, float))},
     }
-    version = client.create_model_version(name, info.model_uri, run_id=tracker.run_id, tags=tags)
+    # register_model links the version to the logged model (MLflow 3 model ids) and creates the name if needed
+    version = mlflow.register_model(info.model_uri, name, tags=tags, await_registration_for=0)
     version = _wait_ready(client, name, version.version)
     client.set_registered_model_alias(name, CHALLENGER, version.version)
 
@@ -125,8 +151,8 @@ def register(model_dir: str | os.PathLike[str], eval_dir: str | os.PathLike[str]
         "decision": "promote" if promote else "reject",
         "reason": reason,
         "model_name": name,
-        "challenger_version": version.version,
-        "champion_version": champion.version if champion is not None else None,
+        "challenger_version": str(version.version),
+        "champion_version": str(champion.version) if champion is not None else None,
         "challenger_metrics": {k: metrics[k] for k in sorted(metrics)},
         "champion_metrics": champion_metrics,
         "rules": [asdict(r) for r in cfg.registry.gate],
@@ -137,8 +163,12 @@ def register(model_dir: str | os.PathLike[str], eval_dir: str | os.PathLike[str]
     return decision
 
 
-def apply_decision(decision: dict[str, Any], eval_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                   tracking: dict[str, str]) -> dict[str, Any]:
+def apply_decision(
+    decision: dict[str, Any],
+    eval_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    tracking: dict[str, str],
+) -> dict[str, Any]:
     """Carry out a gate decision: move ``champion`` when promoting; audit it either way; finalise the report.
 
     The alias moves only after the challenger version is re-checked to still be the one decided on, so a stale
@@ -149,19 +179,28 @@ def apply_decision(decision: dict[str, Any], eval_dir: str | os.PathLike[str], o
     name, version = decision["model_name"], str(decision["challenger_version"])
     current = client.get_model_version_by_alias(name, CHALLENGER)
     if str(current.version) != version:
-        raise RegistryError(f"challenger of {name!r} is now version {current.version}, not {version}; "
-                            "refusing to act on a stale gate decision")
-    audit = {**decision, "action": "promoted" if decision["decision"] == "promote" else "rejected",
-             "applied_at": _now()}
+        raise RegistryError(
+            f"challenger of {name!r} is now version {current.version}, not {version}; "
+            "refusing to act on a stale gate decision"
+        )
+    audit = {
+        **decision,
+        "action": "promoted" if decision["decision"] == "promote" else "rejected",
+        "applied_at": _now(),
+    }
     if decision["decision"] == "promote":
         previous = champion_version(client, name)
         client.set_registered_model_alias(name, CHAMPION, version)
-        audit["previous_champion"] = previous.version if previous is not None else None
-    for key, value in {"gate.decision": audit["action"], "gate.reason": decision["reason"][:5000],
-                       "gate.at": audit["applied_at"]}.items():
+        audit["previous_champion"] = str(previous.version) if previous is not None else None
+    for key, value in {
+        "gate.decision": audit["action"],
+        "gate.reason": decision["reason"][:5000],
+        "gate.at": audit["applied_at"],
+    }.items():
         client.set_model_version_tag(name, version, key, value)
-    client.update_model_version(name, version, description=f"{audit['action']} {audit['applied_at']}: "
-                                f"{decision['reason']}"[:5000])
+    client.update_model_version(
+        name, version, description=f"{audit['action']} {audit['applied_at']}: {decision['reason']}"[:5000]
+    )
     tracker.log_dict(audit, "gate/audit.json")
     tracker.set_tags({"gate.decision": audit["action"]})
     tracker.log_metrics({"gate/promoted": 1.0 if audit["action"] == "promoted" else 0.0})

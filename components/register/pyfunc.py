@@ -1,8 +1,8 @@
 """The registered model: an MLflow pyfunc that samples labelled image + mask pairs from the EMA generator.
 
-Input: a DataFrame with a ``class`` column (class name or index), an ``n`` column (samples of that class) and an
-optional ``seed`` column. Output: a float32 array (sum(n), 2, S, S): channel 0 the image in [-1, 1], channel 1
-the binary lesion mask.
+Input: a DataFrame with a ``class`` column (class name), an ``n`` column (samples of that class) and an optional
+``seed`` column (see :func:`signature`). Output: a float32 array (sum(n), 2, S, S): channel 0 the image in
+[-1, 1], channel 1 the binary lesion mask.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         self.generator, self.meta = load_generator(context.artifacts["generator"])
         self.classes = list(self.meta["classes"])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 - MLflow reads hints as a schema
         """Sample ``n`` pairs for each requested class."""
         from components.gan.sampling import generate
 
@@ -43,3 +43,13 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
             seed = int(row.get("seed", seed))
         images, masks = generate(self.generator, np.asarray(labels, dtype=np.int64), seed=seed)
         return np.stack([images, masks.astype(np.float32)], axis=1)
+
+
+def signature(image_size: int) -> Any:
+    """The model signature: which classes and how many in, image + mask tensors out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    inputs = Schema([ColSpec("string", "class"), ColSpec("long", "n"), ColSpec("long", "seed", required=False)])
+    outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, 2, image_size, image_size))])
+    return ModelSignature(inputs=inputs, outputs=outputs)

@@ -7,8 +7,9 @@ from components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def train_op(archive: Input[Dataset], split: Input[Dataset], config_json: str, tracking_json: str,
-             model: Output[Model]) -> str:
+def train_op(
+    archive: Input[Dataset], split: Input[Dataset], config_json: str, tracking_json: str, model: Output[Model]
+) -> str:
     """Train the GAN; the output model folder holds checkpoint.pt, generator.pt and sample grids."""
     import json
 

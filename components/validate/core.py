@@ -29,8 +29,14 @@ def class_table(manifest: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     rows = []
     for cls in classes:
         sel = manifest[manifest["label"] == cls]
-        rows.append({"label": cls, "n_images": len(sel), "n_patients": int(sel["patient"].nunique()),
-                     "fraction": len(sel) / max(len(manifest), 1)})
+        rows.append(
+            {
+                "label": cls,
+                "n_images": len(sel),
+                "n_patients": int(sel["patient"].nunique()),
+                "fraction": len(sel) / max(len(manifest), 1),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -50,8 +56,7 @@ def build_expectations(cfg: Config) -> dict[str, list[Any]]:
 
     manifest = [
         crit(gxe.ExpectTableColumnsToMatchSet(column_set=[*MANIFEST_COLUMNS, "lesion_mask_ok"], exact_match=True)),
-        *[crit(gxe.ExpectColumnValuesToNotBeNull(column=c)) for c in ("sample_id", "patient", "label",
-                                                                     "content_hash")],
+        *[crit(gxe.ExpectColumnValuesToNotBeNull(column=c)) for c in ("sample_id", "patient", "label", "content_hash")],
         crit(gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(d.classes))),
         crit(gxe.ExpectColumnValuesToBeBetween(column="img_min", min_value=v.image_min, max_value=v.image_max)),
         crit(gxe.ExpectColumnValuesToBeBetween(column="img_max", min_value=v.image_min, max_value=v.image_max)),
@@ -62,8 +67,7 @@ def build_expectations(cfg: Config) -> dict[str, list[Any]]:
         crit(gxe.ExpectColumnValuesToBeInSet(column="lesion_mask_ok", value_set=[True])),
         crit(gxe.ExpectColumnValuesToBeUnique(column="content_hash")),
         crit(gxe.ExpectColumnUniqueValueCountToBeBetween(column="patient", min_value=v.min_patients)),
-        warn(gxe.ExpectColumnValuesToBeBetween(column="mask_fraction", min_value=0.0,
-                                               max_value=v.max_mask_fraction)),
+        warn(gxe.ExpectColumnValuesToBeBetween(column="mask_fraction", min_value=0.0, max_value=v.max_mask_fraction)),
         warn(gxe.ExpectColumnValuesToBeBetween(column="img_std", min_value=1e-3)),
     ]
     classes = [
@@ -78,7 +82,6 @@ def _run_suite(
 ) -> list[tuple[str, Any]]:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no telemetry from a hospital network
     import great_expectations as gx
-
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="file", project_root_dir=str(project_dir))
@@ -94,16 +97,20 @@ def _run_suite(
     results = []
     for definition in definitions:
         # One checkpoint per batch: each needs its own dataframe as a batch parameter.
-        checkpoint = context.checkpoints.add_or_update(gx.Checkpoint(
-            name=f"medgan_{definition.name}", validation_definitions=[definition],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
-        ))
+        checkpoint = context.checkpoints.add_or_update(
+            gx.Checkpoint(
+                name=f"medgan_{definition.name}",
+                validation_definitions=[definition],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+            )
+        )
         results.append((definition.name, checkpoint.run(batch_parameters={"dataframe": batches[definition.name]})))
     return results
 
 
-def validate(archive_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], cfg: Config,
-             tracker: Any = None) -> dict[str, Any]:
+def validate(
+    archive_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], cfg: Config, tracker: Any = None
+) -> dict[str, Any]:
     """Validate the archive; write Data Docs and ``validation.json``; raise ``ValidationFailed`` on critical errors.
 
     The Data Docs and the JSON are written (and logged) before raising, so a failed run still explains itself.
@@ -121,28 +128,41 @@ def validate(archive_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
             for vr in run.run_results.values():
                 for r in vr.results:
                     conf = r.expectation_config
-                    rows.append({
-                        "batch": batch_name,
-                        "expectation": conf.type,
-                        "column": conf.kwargs.get("column", ""),
-                        "severity": (conf.meta or {}).get("severity", CRITICAL),
-                        "success": bool(r.success),
-                        "unexpected_count": int(r.result.get("unexpected_count") or 0),
-                        "observed": _short(r.result.get("observed_value")),
-                        "examples": [_short(x) for x in (r.result.get("partial_unexpected_list") or [])[:3]],
-                    })
+                    rows.append(
+                        {
+                            "batch": batch_name,
+                            "expectation": conf.type,
+                            "column": conf.kwargs.get("column", ""),
+                            "severity": (conf.meta or {}).get("severity", CRITICAL),
+                            "success": bool(r.success),
+                            "unexpected_count": int(r.result.get("unexpected_count") or 0),
+                            "observed": _short(r.result.get("observed_value")),
+                            "examples": [_short(x) for x in (r.result.get("partial_unexpected_list") or [])[:3]],
+                        }
+                    )
         docs = out / "data_docs"
         if docs.exists():
             shutil.rmtree(docs)
         shutil.copytree(Path(tmp) / "gx" / "uncommitted" / "data_docs" / "local_site", docs)
     failed = [r for r in rows if not r["success"]]
     critical = [r for r in failed if r["severity"] == CRITICAL]
-    summary = {"success": not critical, "n_expectations": len(rows), "n_failed_critical": len(critical),
-               "n_warnings": len(failed) - len(critical), "results": rows, "data_docs": str(docs / "index.html")}
+    summary = {
+        "success": not critical,
+        "n_expectations": len(rows),
+        "n_failed_critical": len(critical),
+        "n_warnings": len(failed) - len(critical),
+        "results": rows,
+        "data_docs": str(docs / "index.html"),
+    }
     (out / "validation.json").write_text(json.dumps(summary, indent=2))
     if tracker is not None:
-        tracker.log_metrics({"validate/n_failed_critical": len(critical), "validate/n_warnings": len(failed)
-                             - len(critical), "validate/n_expectations": len(rows)})
+        tracker.log_metrics(
+            {
+                "validate/n_failed_critical": len(critical),
+                "validate/n_warnings": len(failed) - len(critical),
+                "validate/n_expectations": len(rows),
+            }
+        )
         tracker.log_artifact(docs, "validation/data_docs")
         tracker.log_artifact(out / "validation.json", "validation")
     if critical:

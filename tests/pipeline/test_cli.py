@@ -29,7 +29,11 @@ def test_user_mistakes_get_one_clear_line(tmp_path, capsys, setup, args, message
 
 
 def test_console_script_exit_status_and_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--data", str(tmp_path / "missing")],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", "--data", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr

@@ -56,10 +56,13 @@ def test_class_weights_follow_count_power(power, expected_ratio):
     assert (w["a"] * 16 + w["b"] * 4) / 20 == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("split.strategy=magic", "unknown split.strategy"),
-    ("split.test_fraction=0.9", "sum below 1"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("split.strategy=magic", "unknown split.strategy"),
+        ("split.test_fraction=0.9", "sum below 1"),
+    ],
+)
 def test_bad_split_config(synthetic_archive, tmp_path, override, message):
     labels, patients = _cohort()
     with pytest.raises(ConfigError, match=message):

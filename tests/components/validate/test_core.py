@@ -28,7 +28,9 @@ def _fails(archive, tmp_path, cfg):
 
 
 def test_too_few_images_of_a_class_stops_with_summary(synthetic_archive, tmp_path):
-    message = _fails(synthetic_archive(LABELS, PATIENTS), tmp_path, resolve("tiny", ["validate.min_images_per_class=4"]))
+    message = _fails(
+        synthetic_archive(LABELS, PATIENTS), tmp_path, resolve("tiny", ["validate.min_images_per_class=4"])
+    )
     assert "[classes] expect_column_values_to_be_between on column 'n_images': 1 row(s) unexpected" in message
 
 
@@ -54,6 +56,7 @@ def test_class_missing_from_config_is_critical(synthetic_archive, tmp_path):
 
 
 def test_rare_class_share_is_only_a_warning(synthetic_archive, tmp_path):
-    summary = validate(synthetic_archive(LABELS, PATIENTS), tmp_path / "v",
-                       resolve("tiny", ["validate.warn_min_class_fraction=0.25"]))
+    summary = validate(
+        synthetic_archive(LABELS, PATIENTS), tmp_path / "v", resolve("tiny", ["validate.warn_min_class_fraction=0.25"])
+    )
     assert summary["success"] and summary["n_warnings"] == 1
