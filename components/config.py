@@ -85,6 +85,9 @@ class TrainConfig:
     diffaugment: str = "translation,cutout"  # comma list of: color, translation, cutout; empty for none
     nproc: int = 1  # processes for torchrun --standalone (DDP)
     device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    channels_last: bool = True  # NHWC activations on CUDA (tensor-core friendly); CPU stays NCHW
+    compile: bool = False  # torch.compile the G/D forwards; R1's double backward stays eager
     checkpoint_every: int = 200
     log_every: int = 25
     sample_every: int = 200

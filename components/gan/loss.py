@@ -42,12 +42,15 @@ class PhasedLoss:
         r1_interval: int = 16,
         augment: str = "",
         autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+        D_reg: nn.Module | None = None,
     ) -> None:
         if loss not in LOSSES:
             raise ConfigError(f"unknown train.loss {loss!r}; choose one of: {', '.join(LOSSES)}")
         if r1_interval < 1:
             raise ConfigError(f"train.r1_interval must be at least 1, got {r1_interval}")
         self.G, self.D = G, D
+        # R1 needs a double backward, which compiled modules do not support: Dreg may use the eager D.
+        self.D_reg = D_reg if D_reg is not None else D
         self.loss = loss
         self.r1_gamma = float(r1_gamma)
         self.r1_interval = int(r1_interval)
@@ -120,7 +123,7 @@ class PhasedLoss:
             augmented = diff_augment(real, self.augment, generator)
         else:
             augmented = real
-        logits = self.D(augmented, real_labels).float()
+        logits = self.D_reg(augmented, real_labels).float()
         (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
         penalty = grad.square().sum(dim=(1, 2, 3))
         loss = penalty.mean() * (self.r1_gamma / 2) * self.r1_interval

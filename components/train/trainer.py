@@ -63,6 +63,7 @@ SPLIT_COLUMNS = ("index", "sample_id", "label", "split", "weight")
 # 72-75 ms with it vs 80-82 ms without on the dev machine's Sapphire Rapids cores, but no difference (82 vs 82 ms) on
 # two pinned cores of another Xeon. Flip this to use it on CPU as well.
 CHANNELS_LAST_ON_CPU = False
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 # ----------------------------------------------------------------------------------------------------- distributed
@@ -196,6 +197,8 @@ def check_train_config(cfg: Config) -> None:
             raise ConfigError(f"train.{key} must be in [0, 1), got {getattr(tc, key)}")
     if tc.r1_gamma < 0:
         raise ConfigError(f"train.r1_gamma must not be negative, got {tc.r1_gamma}")
+    if tc.precision not in PRECISIONS:
+        raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {tc.precision!r}")
 
 
 class _Diverged(Exception):
@@ -245,7 +248,8 @@ class Trainer:
         self.G = Generator(tc.z_dim, len(self.classes), tc.g_channels, self.image_size).to(self.device)
         self.D = Discriminator(len(self.classes), tc.d_channels, self.image_size).to(self.device)
         cuda = self.device.type == "cuda"
-        self.memory_format = torch.channels_last if cuda or CHANNELS_LAST_ON_CPU else torch.contiguous_format
+        nhwc = (cuda and tc.channels_last) or CHANNELS_LAST_ON_CPU
+        self.memory_format = torch.channels_last if nhwc else torch.contiguous_format
         self.G.to(memory_format=self.memory_format)
         self.D.to(memory_format=self.memory_format)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
@@ -279,12 +283,17 @@ class Trainer:
         autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
         if cuda:
             torch.backends.cudnn.benchmark = True
+        if tc.precision == "bf16" or (tc.precision == "auto" and cuda):
+            device_type = self.device.type
 
             def autocast() -> contextlib.AbstractContextManager:
-                return torch.autocast("cuda", dtype=torch.bfloat16)
+                return torch.autocast(device_type, dtype=torch.bfloat16)
 
+        G_fwd, D_fwd = self.G_train, self.D_train
+        if tc.compile:
+            G_fwd, D_fwd = torch.compile(G_fwd), torch.compile(D_fwd)
         self.loss = PhasedLoss(
-            self.G_train, self.D_train, tc.loss, tc.r1_gamma, tc.r1_interval, tc.diffaugment, autocast
+            G_fwd, D_fwd, tc.loss, tc.r1_gamma, tc.r1_interval, tc.diffaugment, autocast, D_reg=self.D_train
         )
 
         self.step = 0
