@@ -69,7 +69,7 @@ class SplitConfig:
 class TrainConfig:
     """Class-conditional GAN and its stabilisers."""
 
-    steps: int = 600
+    steps: int = 1000
     batch_size: int = 32
     z_dim: int = 64
     g_channels: int = 32
@@ -102,7 +102,7 @@ class EvalConfig:
     kid_subset_size: int = 64
     kid_subsets: int = 20
     bootstrap: int = 50
-    seg_epochs: int = 6
+    seg_epochs: int = 10
     seg_batch_size: int = 16
     synth_per_class: int = 48  # synthetic pairs added per lesion class for the real+synthetic Dice run
     nn_copy_threshold: float = 0.97  # cosine similarity above which a synthetic sample is flagged as a near copy

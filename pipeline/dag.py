@@ -74,17 +74,13 @@ def medgan_pipeline(
         config_json=config_json,
         tracking_json=tracking_json,
     ).set_display_name("register challenger")
+    # Both branches run the same step: it acts on the decision record; the branch makes the gate visible in the UI.
+    gate_inputs = {
+        "decision_json": register.outputs["decision_json"],
+        "evaluation": evaluate.outputs["evaluation"],
+        "tracking_json": tracking_json,
+    }
     with dsl.If(register.outputs["decision"] == "promote", name="challenger-wins"):
-        promote = apply_gate_op(
-            decision_json=register.outputs["decision_json"],
-            evaluation=evaluate.outputs["evaluation"],
-            tracking_json=tracking_json,
-        )
-        promote.set_display_name("promote to champion")
+        apply_gate_op(**gate_inputs).set_display_name("promote to champion")
     with dsl.Else(name="champion-stays"):
-        reject = apply_gate_op(
-            decision_json=register.outputs["decision_json"],
-            evaluation=evaluate.outputs["evaluation"],
-            tracking_json=tracking_json,
-        )
-        reject.set_display_name("record rejection")
+        apply_gate_op(**gate_inputs).set_display_name("record rejection")

@@ -47,5 +47,5 @@ def test_bad_config_is_a_clear_error(preset, overrides, message):
 
 def test_flat_params_cover_every_leaf():
     flat = resolve("quickstart").flat()
-    assert flat["train.steps"] == 600
+    assert flat["train.steps"] == 1000
     assert flat["registry.gate"][0]["name"] == "fid"
