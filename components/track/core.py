@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from components.config import Config
@@ -12,6 +13,6 @@ def open_run(cfg: Config, tracking: dict[str, str], dataset_version: dict[str, A
     """Create (or find) the MLflow run of this pipeline run and log the resolved config; return its run id."""
     tracker = RunTracker(tracking["tracking_uri"], tracking["experiment"], tracking["run_key"])
     tracker.log_params(cfg.flat())
-    tracker.log_dict({"config": __import__("json").loads(cfg.to_json())}, "config/resolved_config.json")
+    tracker.log_dict({"config": json.loads(cfg.to_json())}, "config/resolved_config.json")
     tracker.set_tags({"medgan.preset": cfg.preset, **{f"dataset.{k}": v for k, v in dataset_version.items()}})
     return tracker.run_id
