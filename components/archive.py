@@ -49,6 +49,7 @@ MANIFEST_COLUMNS = [
     "img_std",
     "mask_fraction",
     "mask_binary",
+    "frame",  # 0-based frame index within source_file (0 for single-frame files)
 ]
 
 QUARANTINE_COLUMNS = ["path", "reason", "message"]

@@ -1,20 +1,25 @@
-"""Reading one DICOM slice (and its lesion mask) into the normalised arrays of the dataset archive.
+"""Reading one DICOM file (and its lesion mask) into the normalised arrays of the dataset archive.
 
-The pipeline, in order, for a single-frame greyscale image:
+The pipeline, in order, for every frame of a file:
 
-1. header only (``stop_before_pixels``): refuse multi-frame, colour and oversized images before any pixel is
-   decoded; the declared Rows x Columns x Frames x Samples x BitsAllocated/8 and the file size are checked against
-   ``cfg.ingest.max_decoded_bytes``, so a hostile file cannot make us allocate much memory;
-2. decode the pixel data (pydicom, with pylibjpeg for compressed transfer syntaxes);
-3. Modality LUT (rescale slope/intercept or a Modality LUT Sequence): stored values -> modality units (HU for CT);
-4. linear window to [0, 1]: the configured window, else the header's first WindowCenter/WindowWidth, else the
-   0.5/99.5 percentiles of the image;
+1. header only (``stop_before_pixels``): refuse oversized images before any pixel is decoded (the declared
+   Rows x Columns x Frames x Samples x BitsAllocated/8 and the file size are checked against
+   ``cfg.ingest.max_decoded_bytes``, so a hostile file cannot make us allocate much memory), and multi-frame or
+   colour images when ``ingest.multiframe=reject`` / ``ingest.rgb=reject``;
+2. decode the pixel data (pydicom, with pylibjpeg + openjpeg/libjpeg/rle for JPEG baseline/extended/lossless,
+   JPEG-LS, JPEG 2000 and RLE; deflated, big-endian and implicit-VR files natively); uncompressed pixel data
+   shorter than declared is reported as a truncated file;
+3. greyscale: Modality LUT (rescale slope/intercept or a Modality LUT Sequence): stored values -> modality units
+   (HU for CT); colour (RGB, YBR converted to RGB by pydicom, PALETTE COLOR through its colour table): ITU-R
+   BT.601 luminance, windowed over the full stored range (``window_source`` ``full_range``);
+4. greyscale: linear window to [0, 1]: the configured window, else the header's first WindowCenter/WindowWidth,
+   else the 0.5/99.5 percentiles of the frame;
 5. MONOCHROME1: invert (DICOM applies the window before this presentation inversion, so header windows of
    MONOCHROME1 files are in the uninverted modality units);
-6. pad to a square with black, resize to ``cfg.data.image_size`` (bilinear, antialiased when shrinking, Pillow)
-   and map to [-1, 1].
+6. make square (``ingest.square``: pad with black, or crop the centred square), resize to ``cfg.data.image_size``
+   (bilinear, antialiased when shrinking, Pillow) and map to [-1, 1].
 
-Masks are binarised (any non-zero pixel is lesion), padded the same way and resized with nearest-neighbour so
+Masks are binarised (any non-zero pixel is lesion), squared the same way and resized with nearest-neighbour so
 they stay binary. Every refusal is an :class:`ImageRejected` with a reason code from :data:`REASONS`.
 """
 
@@ -31,10 +36,10 @@ import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut
 
 from components.config import Config
-from components.errors import DataError
+from components.errors import ConfigError, DataError
 
 # Header keywords whose values identify a patient, a clinician or a visit. Ingest never copies them anywhere, error
 # messages are scrubbed of them, and the tests scan every output byte for the values the phantom puts in them.
@@ -58,13 +63,13 @@ PHI_TAGS: tuple[str, ...] = (
 # Reason codes of a rejected image or mask, with what each means. Ingest adds its own (see components.ingest).
 REASONS: dict[str, str] = {
     "not_dicom": "not a DICOM file",
-    "unreadable": "a DICOM file whose header cannot be parsed (truncated or corrupt)",
+    "unreadable": "a DICOM file whose header cannot be parsed, or whose pixel data is cut short (truncated/corrupt)",
     "no_pixel_data": "a DICOM object without an image (e.g. a structured report)",
     "bad_header": "image attributes missing or inconsistent (Rows, Columns, BitsAllocated, ...)",
     "too_large": "declared decoded size or file size above ingest.max_decoded_bytes",
-    "unsupported_photometric": "colour or palette image; only MONOCHROME1/MONOCHROME2 are supported",
-    "multiframe": "more than one frame; only single-frame images are supported",
-    "decode_error": "the pixel data could not be decoded",
+    "unsupported_photometric": "an unsupported colour model, or a colour/palette image with ingest.rgb=reject",
+    "multiframe": "more than one frame with ingest.multiframe=reject",
+    "decode_error": "the pixel data could not be decoded (codec error, or decoded shape differs from the header)",
     "mask_unreadable": "the mask file is not an image Pillow can read",
     "mask_size_mismatch": "the mask's size differs from the image's Rows x Columns",
 }
@@ -73,6 +78,14 @@ REASONS: dict[str, str] = {
 _HEADER_ALLOWANCE = 16 * 1024 * 1024
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 INTERPOLATION = "bilinear, antialiased when shrinking (Pillow); masks nearest"
+_GREY = frozenset({"MONOCHROME1", "MONOCHROME2"})
+# Three-sample colour models pydicom decodes to RGB (YBR via its colour-space conversion or the JPEG 2000 MCT).
+_COLOUR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT"})
+_POLICIES: dict[str, tuple[str, ...]] = {
+    "square": ("pad", "crop"),
+    "multiframe": ("frames", "reject"),
+    "rgb": ("convert", "reject"),
+}
 
 
 class ImageRejected(DataError):
@@ -103,14 +116,33 @@ class DicomImage:
     photometric: str
     pixel_spacing: tuple[float, float] | None
     window: tuple[float, float] | None  # (center, width) in modality units; None when percentiles were used
-    window_source: str  # config | header | percentile
+    window_source: str  # config | header | percentile | full_range (colour)
     # PHI: only ever used to derive a salted hash, never written anywhere.
     patient_id: str | None
+    frame: int = 0  # index of this frame in its file
+    n_frames: int = 1
+
+
+def check_policy(cfg: Config) -> None:
+    """Raise :class:`ConfigError` when an ``ingest`` policy option has a value we do not know."""
+    for key, allowed in _POLICIES.items():
+        value = getattr(cfg.ingest, key)
+        if value not in allowed:
+            raise ConfigError(f"ingest.{key}={value!r}: choose one of {', '.join(allowed)}")
 
 
 def read_header(path: str | os.PathLike[str], cfg: Config) -> Dataset:
-    """Parse the header of ``path`` without its pixel data and check that it is an image we can decode safely."""
+    """Parse the header of ``path`` without its pixel data and check that it is an image we can decode safely.
+
+    Multi-frame and colour images pass only when ``cfg.ingest.multiframe`` / ``cfg.ingest.rgb`` allow them.
+    """
     path = Path(path)
+    check_policy(cfg)
+    _check_size(path, cfg)
+    return _check_header(_parse(path, stop_before_pixels=True), path, cfg)
+
+
+def _check_size(path: Path, cfg: Config) -> None:
     limit = cfg.ingest.max_decoded_bytes
     try:
         size = path.stat().st_size
@@ -124,13 +156,19 @@ def read_header(path: str | os.PathLike[str], cfg: Config) -> Dataset:
             f"file of {size} bytes exceeds ingest.max_decoded_bytes={limit} "
             f"(+{_HEADER_ALLOWANCE} bytes header allowance)",
         )
-    ds = _parse(path, stop_before_pixels=True)
+
+
+def _check_header(ds: Dataset, path: Path, cfg: Config) -> Dataset:
+    """The image checks of :func:`read_header` on a parsed data set (its pixel data not decoded yet)."""
+    limit = cfg.ingest.max_decoded_bytes
     if "Rows" not in ds and "Columns" not in ds and "NumberOfFrames" not in ds:
         raise ImageRejected("no_pixel_data", path, f"no image in this DICOM object (SOP class {_sop_class(ds)})")
     try:
-        rows, cols, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # value-validation warnings quote raw values: keep them out of logs
+            rows, cols, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
+            samples = int(ds.get("SamplesPerPixel", 1) or 1)
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
     except (AttributeError, TypeError, ValueError) as exc:
         raise ImageRejected("bad_header", path, f"image attributes missing or invalid ({_exc_name(exc)})") from None
     if rows <= 0 or cols <= 0 or bits not in (1, 8, 16, 32, 64) or samples <= 0 or frames <= 0:
@@ -140,98 +178,160 @@ def read_header(path: str | os.PathLike[str], cfg: Config) -> Dataset:
             f"invalid image attributes: Rows={rows} Columns={cols} "
             f"BitsAllocated={bits} SamplesPerPixel={samples} NumberOfFrames={frames}",
         )
-    declared = math.ceil(rows * cols * frames * samples * bits / 8)
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    # A palette image decodes to 3 x 16-bit samples once its colour table is applied.
+    decoded_samples, decoded_bits = (3, max(bits, 16)) if photometric == "PALETTE COLOR" else (samples, bits)
+    declared = math.ceil(rows * cols * frames * decoded_samples * decoded_bits / 8)
     if declared > limit:
         raise ImageRejected(
             "too_large",
             path,
-            f"declared pixel data of {rows}x{cols}x{frames} frames x {samples} "
-            f"samples x {bits} bits = {declared} bytes exceeds ingest.max_decoded_bytes={limit}",
+            f"declared pixel data of {rows}x{cols}x{frames} frames x {decoded_samples} "
+            f"samples x {decoded_bits} bits = {declared} bytes exceeds ingest.max_decoded_bytes={limit}",
         )
-    if frames > 1:
-        raise ImageRejected("multiframe", path, f"{frames} frames; only single-frame images are supported")
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
-    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+    if frames > 1 and cfg.ingest.multiframe == "reject":
+        raise ImageRejected("multiframe", path, f"{frames} frames and ingest.multiframe=reject")
+    grey = samples == 1 and photometric in _GREY
+    colour = (samples == 3 and photometric in _COLOUR) or (samples == 1 and photometric == "PALETTE COLOR")
+    if not grey and not colour:
         raise ImageRejected(
             "unsupported_photometric",
             path,
-            f"PhotometricInterpretation {photometric or 'missing'!r}"
-            f" with {samples} samples per pixel; only MONOCHROME1/MONOCHROME2 are supported",
+            f"PhotometricInterpretation {photometric or 'missing'!r} with {samples} samples per pixel is not "
+            f"supported (MONOCHROME1/2, or {', '.join(sorted(_COLOUR))} or PALETTE COLOR with ingest.rgb=convert)",
         )
+    if colour and cfg.ingest.rgb == "reject":
+        raise ImageRejected("unsupported_photometric", path, f"colour image ({photometric}) and ingest.rgb=reject")
     return ds
 
 
-def read_dicom(path: str | os.PathLike[str], cfg: Config) -> DicomImage:
-    """Decode ``path`` into a float32 image in [-1, 1] of size ``cfg.data.image_size``; see the module docstring."""
+def read_frames(path: str | os.PathLike[str], cfg: Config) -> list[DicomImage]:
+    """Decode every frame of ``path`` into float32 images in [-1, 1] of size ``cfg.data.image_size``.
+
+    A single-frame file gives a list of one; see the module docstring for the steps.
+    """
     path = Path(path)
-    header = read_header(path, cfg)
-    ds = _parse(path, stop_before_pixels=False)
+    check_policy(cfg)
+    _check_size(path, cfg)
+    # One parse: the file size is bounded above, and nothing is decoded before the header checks pass.
+    ds = header = _check_header(_parse(path, stop_before_pixels=False), path, cfg)
     if not any(k in ds for k in _PIXEL_KEYWORDS):
         raise ImageRejected(
             "no_pixel_data", path, "the header declares an image but the file has no pixel data (truncated?)"
         )
+    rows, cols = int(header.Rows), int(header.Columns)
+    n_frames = int(header.get("NumberOfFrames", 1) or 1)
+    photometric = str(header.PhotometricInterpretation).strip()
+    colour = photometric not in _GREY
+    _check_native_length(ds, path, rows, cols, n_frames)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             stored = ds.pixel_array
-            values = apply_modality_lut(stored, ds).astype(np.float64, copy=False)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's problem, not a bug of ours
         raise ImageRejected("decode_error", path, f"pixel data could not be decoded: {_scrub(exc, header)}") from None
-    if values.shape != (int(header.Rows), int(header.Columns)):
+    if n_frames == 1:
+        stored = stored[np.newaxis]
+    if stored.shape[:3] != (n_frames, rows, cols):
         raise ImageRejected(
             "decode_error",
             path,
-            f"decoded shape {values.shape} differs from the declared {int(header.Rows)}x{int(header.Columns)}",
+            f"decoded shape {stored.shape} differs from the declared {n_frames} frame(s) of {rows}x{cols}",
         )
-    if not np.isfinite(values).all():
-        raise ImageRejected("decode_error", path, "pixel data contains NaN or infinite values")
-    center, width, source = _choose_window(header, cfg)
-    if source == "percentile":
-        lo, hi = np.percentile(values, [0.5, 99.5])
-        unit = _linear(values, float(lo), float(hi))
-    else:
-        unit = _linear(values, center - width / 2, center + width / 2)
-    photometric = str(header.PhotometricInterpretation).strip()
-    if photometric == "MONOCHROME1":
-        unit = 1.0 - unit
-    image = resize_square(unit.astype(np.float32), cfg.data.image_size, nearest=False) * 2.0 - 1.0
-    return DicomImage(
-        image=np.clip(image, -1.0, 1.0).astype(np.float32),
-        rows=int(header.Rows),
-        cols=int(header.Columns),
-        modality=str(header.get("Modality", "")),
-        photometric=photometric,
-        pixel_spacing=_pixel_spacing(header),
-        window=None if source == "percentile" else (center, width),
-        window_source=source,
-        patient_id=str(header.PatientID) if header.get("PatientID") else None,
-    )
+    window = None if colour else _choose_window(header, cfg)
+    out = []
+    for i in range(n_frames):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                values, full_range = _decode_frame(stored[i], ds, photometric)
+        except Exception as exc:  # noqa: BLE001 - a LUT that does not fit the data is this file's problem
+            raise ImageRejected(
+                "decode_error", path, f"frame {i} could not be converted: {_scrub(exc, header)}"
+            ) from None
+        if not np.isfinite(values).all():
+            raise ImageRejected("decode_error", path, f"pixel data of frame {i} contains NaN or infinite values")
+        # Colour values are display values already: no clinical window, the full stored range instead.
+        center, width, source = window or (full_range / 2.0, full_range, "full_range")
+        if source == "percentile":
+            lo, hi = np.percentile(values, [0.5, 99.5])
+            unit = _linear(values, float(lo), float(hi))
+        else:
+            unit = _linear(values, center - width / 2, center + width / 2)
+        if photometric == "MONOCHROME1":
+            np.subtract(1.0, unit, out=unit)
+        image = resize_square(unit.astype(np.float32), cfg.data.image_size, nearest=False, square=cfg.ingest.square)
+        out.append(
+            DicomImage(
+                image=np.clip(image * 2.0 - 1.0, -1.0, 1.0).astype(np.float32),
+                rows=rows,
+                cols=cols,
+                modality=str(header.get("Modality", "")),
+                photometric=photometric,
+                pixel_spacing=_pixel_spacing(header),
+                window=None if source == "percentile" else (center, width),
+                window_source=source,
+                patient_id=str(header.PatientID) if header.get("PatientID") else None,
+                frame=i,
+                n_frames=n_frames,
+            )
+        )
+    return out
 
 
-def read_mask(path: str | os.PathLike[str], rows: int, cols: int, image_size: int) -> np.ndarray:
-    """Load a lesion mask image as uint8 {0, 1} of ``image_size``; it must be ``rows`` x ``cols`` like its DICOM."""
+def read_dicom(path: str | os.PathLike[str], cfg: Config) -> DicomImage:
+    """Decode a single-frame ``path`` (see :func:`read_frames`); a multi-frame file is rejected as ``multiframe``."""
+    frames = read_frames(path, cfg)
+    if len(frames) != 1:
+        raise ImageRejected("multiframe", path, f"{len(frames)} frames; read_frames() returns each of them")
+    return frames[0]
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luma of an RGB array whose last axis holds R, G, B: 0.299 R + 0.587 G + 0.114 B."""
+    rgb = np.asarray(rgb, dtype=np.float64)
+    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+
+
+def read_mask(
+    path: str | os.PathLike[str], rows: int, cols: int, image_size: int, square: str = "pad", frames: int = 1
+) -> np.ndarray:
+    """Load a lesion mask image as uint8 {0, 1} of ``image_size``; it must be ``rows`` x ``cols`` like its DICOM.
+
+    For a multi-frame image (``frames`` > 1) the mask must be a multi-page image (e.g. TIFF) with one page per
+    frame; the result then has shape ``(frames, image_size, image_size)``.
+    """
     path = Path(path)
+    pages = []
     try:
         with warnings.catch_warnings():
             # A decompression bomb must fail, not warn: turn Pillow's size warning into an error.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                if img.size != (cols, rows):
+                n_pages = int(getattr(img, "n_frames", 1))
+                if n_pages != frames:
                     raise ImageRejected(
                         "mask_size_mismatch",
                         path,
-                        f"mask is {img.size[1]}x{img.size[0]} (rows x cols) but its image is {rows}x{cols}",
+                        f"mask has {n_pages} page(s) but its image has {frames} frame(s)",
                     )
-                img.load()
-                if img.mode not in ("1", "L", "I", "I;16", "F"):
-                    img = img.convert("L")
-                arr = np.asarray(img)
+                for page in range(n_pages):
+                    img.seek(page)
+                    if img.size != (cols, rows):
+                        raise ImageRejected(
+                            "mask_size_mismatch",
+                            path,
+                            f"mask is {img.size[1]}x{img.size[0]} (rows x cols) but its image is {rows}x{cols}",
+                        )
+                    img.load()
+                    page_img = img if img.mode in ("1", "L", "I", "I;16", "F") else img.convert("L")
+                    pages.append(np.asarray(page_img) > 0)
     except ImageRejected:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files
         raise ImageRejected("mask_unreadable", path, f"cannot read the mask image ({_exc_name(exc)})") from None
-    binary = (arr > 0).astype(np.uint8)
-    return resize_square(binary, image_size, nearest=True)
+    out = [resize_square(p.astype(np.uint8), image_size, nearest=True, square=square) for p in pages]
+    return out[0] if frames == 1 else np.stack(out)
 
 
 def window_unit(values: np.ndarray, center: float, width: float) -> np.ndarray:
@@ -239,19 +339,35 @@ def window_unit(values: np.ndarray, center: float, width: float) -> np.ndarray:
     return _linear(values, center - width / 2, center + width / 2)
 
 
-def resize_square(arr: np.ndarray, size: int, nearest: bool) -> np.ndarray:
-    """Pad ``arr`` with zeros (black / background) to a centred square, then resize it to ``size`` x ``size``.
+def square_up(arr: np.ndarray, square: str = "pad") -> np.ndarray:
+    """A centred square view of ``arr``: padded or cropped, per ``ingest.square``.
+
+    ``pad`` adds zeros (black / background) up to the longer side; ``crop`` keeps the centred square of the
+    shorter side.
+    """
+    rows, cols = arr.shape
+    if rows == cols:
+        return arr
+    if square == "crop":
+        side = min(rows, cols)
+        top, left = (rows - side) // 2, (cols - side) // 2
+        return arr[top : top + side, left : left + side]
+    if square != "pad":
+        raise ConfigError(f"ingest.square={square!r}: choose one of {', '.join(_POLICIES['square'])}")
+    side = max(rows, cols)
+    top, left = (side - rows) // 2, (side - cols) // 2
+    padded = np.zeros((side, side), dtype=arr.dtype)
+    padded[top : top + rows, left : left + cols] = arr
+    return padded
+
+
+def resize_square(arr: np.ndarray, size: int, nearest: bool, square: str = "pad") -> np.ndarray:
+    """Make ``arr`` square (:func:`square_up`: pad or centre-crop), then resize it to ``size`` x ``size``.
 
     Bilinear for images (Pillow widens the filter when shrinking, i.e. antialiases), nearest for masks.
     """
-    rows, cols = arr.shape
-    side = max(rows, cols)
-    if rows != cols:
-        top, left = (side - rows) // 2, (side - cols) // 2
-        padded = np.zeros((side, side), dtype=arr.dtype)
-        padded[top : top + rows, left : left + cols] = arr
-        arr = padded
-    if side == size:
+    arr = square_up(arr, square)
+    if arr.shape[0] == size:
         return arr.copy()
     if nearest:
         out = Image.fromarray(arr.astype(np.uint8)).resize((size, size), Image.Resampling.NEAREST)
@@ -328,7 +444,9 @@ def _first(value: object) -> float | None:
 def _linear(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     if not hi > lo:  # a constant image (or degenerate window): all black rather than a division by zero
         return np.zeros_like(values, dtype=np.float64)
-    return np.clip((values - lo) / (hi - lo), 0.0, 1.0)
+    out = np.subtract(values, lo, dtype=np.float64)  # in place from here: one array, not three
+    out /= hi - lo
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
@@ -357,3 +475,38 @@ def _scrub(exc: BaseException, ds: Dataset) -> str:
     for value in header_phi(ds):
         text = text.replace(value, "<redacted>")
     return text
+
+
+def _decode_frame(stored: np.ndarray, ds: Dataset, photometric: str) -> tuple[np.ndarray, float]:
+    """One decoded frame -> float64 values and the full value range (colour only; 0 for greyscale).
+
+    Greyscale goes through the Modality LUT; RGB (pydicom has already converted YBR to RGB) and palette images
+    become ITU-R BT.601 luminance in stored units.
+    """
+    if photometric in _GREY:
+        return np.asarray(apply_modality_lut(stored, ds), dtype=np.float64), 0.0
+    if photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(stored, ds)
+        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+        return luminance(rgb), float(2 ** (16 if bits > 8 else 8) - 1)
+    if stored.ndim != 3 or stored.shape[-1] != 3:
+        raise ValueError(f"colour frame of shape {stored.shape}, expected rows x columns x 3")
+    return luminance(stored), float(2 ** int(ds.get("BitsStored", ds.BitsAllocated)) - 1)
+
+
+def _check_native_length(ds: Dataset, path: Path, rows: int, cols: int, frames: int) -> None:
+    """Uncompressed pixel data shorter than declared means a truncated file: say so instead of a decoder error."""
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if syntax is None or syntax.is_compressed or "PixelData" not in ds:
+        return
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+        samples = 2  # chroma subsampled 2:1 horizontally: Y Y Cb Cr per two pixels
+    needed = math.ceil(rows * cols * frames * samples * int(ds.BitsAllocated) / 8)
+    have = len(ds.PixelData or b"")
+    if have < needed:
+        raise ImageRejected(
+            "unreadable",
+            path,
+            f"pixel data is {have} bytes but {rows}x{cols}x{frames} frame(s) need {needed} (truncated file)",
+        )

@@ -9,26 +9,31 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
+import json
 import logging
-import math
+import mmap
 import multiprocessing
 import os
+import shutil
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
-from components.archive import ArchiveWriter, content_hash
+from components.archive import FORMAT_VERSION, MANIFEST_COLUMNS, QUARANTINE_COLUMNS, ArchiveWriter, content_hash
 from components.config import Config
-from components.dicomio import INTERPOLATION, ImageRejected, read_dicom, read_mask
+from components.dicomio import INTERPOLATION, check_policy
 from components.dicomio import REASONS as DECODE_REASONS
 from components.errors import DataError
+from components.ingest.decode import _decode, _file_sha256, _Outcome, _Task
 
 log = logging.getLogger(__name__)
 
@@ -51,29 +56,8 @@ REASONS: dict[str, str] = {**INGEST_REASONS, **DECODE_REASONS}
 PATIENT_HASH_CHARS = 16
 # Decoded results waiting to be written, per worker: enough to keep workers busy, small enough for flat memory.
 _IN_FLIGHT_PER_WORKER = 8
-
-
-@dataclass
-class _Task:
-    """One labels.csv row that passed the cheap checks and is sent to a decoding worker."""
-
-    rel: str
-    path: str
-    mask_rel: str
-    mask_path: str | None
-
-
-@dataclass
-class _Outcome:
-    """What a worker returns for a task: arrays and header facts, or the reason it was rejected."""
-
-    reason: str | None = None
-    detail: str = ""
-    on_mask: bool = False
-    image: np.ndarray | None = None
-    mask: np.ndarray | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-    header_patient_id: str | None = None  # PHI: hashed by the parent, never stored
+# Samples between two flushes of the archive's memory-mapped arrays (then their pages leave our RSS).
+_DROP_EVERY = 128
 
 
 @dataclass
@@ -112,28 +96,30 @@ def ingest(
     labels_path = data / "labels.csv"
     table = read_labels(labels_path)
     salt_value = _salt(salt, cfg)
+    check_policy(cfg)
     rows = [_plan(i + 1, record, data, cfg) for i, record in enumerate(table)]
     accepted = _Accepted(cfg, salt_value)
     tasks = [r.task for r in rows if r.task is not None]
     out = Path(out_dir)
     with (
-        ArchiveWriter(out, capacity=len(rows), image_size=cfg.data.image_size) as writer,
+        _GrowingWriter(out, capacity=len(rows), image_size=cfg.data.image_size) as writer,
         closing(_decode_all(tasks, cfg)) as outcomes,
     ):
         for row in tqdm(rows, desc="ingest", unit="file", mininterval=1.0):
             if row.task is None:
                 writer.reject(row.rel, str(row.reason), row.message)
                 continue
-            got = next(outcomes)
-            reason, message = accepted.check(row, got)
-            if reason is None:
-                assert got.image is not None and got.mask is not None
-                writer.add(got.image, got.mask, accepted.add(row, got))
-            else:
-                writer.reject(row.rel, reason, message)
+            for got in next(outcomes):  # one outcome per frame, or a single rejection
+                reason, message = accepted.check(row, got)
+                if reason is None:
+                    assert got.image is not None and got.mask is not None
+                    writer.add(got.image, got.mask, accepted.add(row, got))
+                else:
+                    writer.reject(row.rel, reason, message)
         n_bad = len(writer.quarantine)
+        n_units = len(writer.rows) + n_bad  # samples (frames) admitted plus entries quarantined
         by_reason = dict(sorted(Counter(q["reason"] for q in writer.quarantine).items()))
-        _check_quarantine(labels_path, len(rows), n_bad, by_reason, writer.quarantine, cfg)
+        _check_quarantine(labels_path, n_units, n_bad, by_reason, writer.quarantine, cfg)
         meta = {
             "classes": accepted.classes,
             "lesion_classes": list(cfg.data.lesion_classes),
@@ -150,12 +136,15 @@ def ingest(
                 "sources": dict(sorted(accepted.window_sources.items())),
             },
             "interpolation": INTERPOLATION,
+            "square": cfg.ingest.square,
+            "multiframe": cfg.ingest.multiframe,
+            "rgb": cfg.ingest.rgb,
         }
         path = writer.commit(meta)
     summary = {
         "archive": str(path),
         "n_rows": len(rows),
-        "n_ok": len(rows) - n_bad,
+        "n_ok": len(writer.rows),
         "n_quarantined": n_bad,
         "quarantined_by_reason": by_reason,
         "counts": dict(accepted.counts),
@@ -288,6 +277,8 @@ class _Accepted:
         if got.reason is not None:
             where = f"{row.rel} (mask {row.task.mask_rel})" if got.on_mask and row.task else row.rel
             return got.reason, f"{where}: {got.detail}"
+        if got.n_frames > 1:
+            row = _Row(row.number, f"{row.rel} [frame {got.frame}]", row.label, row.patient_id, row.task)
         assert got.mask is not None and got.image is not None
         lesion_pixels = int(got.mask.sum())
         if row.label in self.lesion_classes and lesion_pixels == 0:
@@ -321,6 +312,7 @@ class _Accepted:
             "patient": patient,
             "label": row.label,
             "label_idx": self.classes.index(row.label),
+            "frame": got.frame,
         }
 
     @staticmethod
@@ -328,34 +320,89 @@ class _Accepted:
         return row.patient_id or (got.header_patient_id or "").strip()
 
 
-def _decode(task: _Task, cfg: Config) -> _Outcome:
-    """Worker body: decode one DICOM and its mask. Module level so that a process pool can pickle it."""
-    try:
-        image = read_dicom(task.path, cfg)
-    except ImageRejected as exc:
-        return _Outcome(reason=exc.reason, detail=exc.detail)
-    size = cfg.data.image_size
-    if task.mask_path is None:
-        mask = np.zeros((size, size), dtype=np.uint8)
-    else:
-        try:
-            mask = read_mask(task.mask_path, image.rows, image.cols, size)
-        except ImageRejected as exc:
-            return _Outcome(reason=exc.reason, detail=exc.detail, on_mask=True)
-    spacing = image.pixel_spacing or (math.nan, math.nan)
-    info = {
-        "source_sha256": _file_sha256(Path(task.path)),
-        "modality": image.modality,
-        "pixel_spacing_row": spacing[0],
-        "pixel_spacing_col": spacing[1],
-        "orig_rows": image.rows,
-        "orig_cols": image.cols,
-        "window_source": image.window_source,
-    }
-    return _Outcome(image=image.image, mask=mask, info=info, header_patient_id=image.patient_id)
+def _drop_pages(arr: np.ndarray) -> None:
+    """Flush a memory-mapped array and let the kernel drop its pages from this process (the file keeps the data)."""
+    arr.flush()  # type: ignore[attr-defined]
+    mapped = getattr(arr, "_mmap", None)
+    if mapped is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mapped.madvise(mmap.MADV_DONTNEED)
 
 
-def _decode_all(tasks: list[_Task], cfg: Config) -> Iterator[_Outcome]:
+class _GrowingWriter(ArchiveWriter):
+    """An :class:`ArchiveWriter` whose capacity doubles when multi-frame files bring more samples than rows."""
+
+    def add(self, image: np.ndarray, mask: np.ndarray, row: dict[str, Any]) -> None:
+        if len(self.rows) >= self.capacity:
+            self._grow(2 * self.capacity)
+        super().add(image, mask, row)
+        if len(self.rows) % _DROP_EVERY == 0:
+            # Written pages of the memory-mapped arrays count in our RSS until dropped: keep memory flat.
+            _drop_pages(self._images)
+            _drop_pages(self._masks)
+
+    def commit(self, meta: dict[str, Any]) -> Path:
+        """:meth:`ArchiveWriter.commit`, with the arrays compacted in place instead of copied.
+
+        The accepted rows are a prefix of the over-allocated ``.npy`` files, so rewriting the header with the final
+        row count and truncating gives byte for byte the files the parent would copy, without pulling the whole
+        archive through this process's memory (with the copy, peak RSS grew with the dataset size).
+        """
+        assert self._tmp is not None, "commit() outside of a with block"
+        shape = (len(self.rows), self.size, self.size)
+        plans = []
+        for name in ("images", "masks"):
+            full = getattr(self, f"_{name}")
+            header = io.BytesIO()
+            descr = np.lib.format.dtype_to_descr(full.dtype)
+            np.lib.format.write_array_header_1_0(header, {"descr": descr, "fortran_order": False, "shape": shape})
+            if len(header.getvalue()) != full.offset:  # the header would change length: copy as the parent does
+                return super().commit(meta)
+            plans.append((name, header.getvalue(), full.offset + len(self.rows) * full[0].nbytes))
+        for name, header, end in plans:
+            getattr(self, f"_{name}").flush()
+            setattr(self, f"_{name}", None)  # unmap before truncating
+            with (self._tmp / f"{name}.full.npy").open("r+b") as fh:
+                fh.write(header)
+                fh.truncate(end)
+            os.replace(self._tmp / f"{name}.full.npy", self._tmp / f"{name}.npy")
+        manifest = pd.DataFrame(self.rows, columns=MANIFEST_COLUMNS)
+        manifest.to_parquet(self._tmp / "manifest.parquet", index=False)
+        pd.DataFrame(self.quarantine, columns=QUARANTINE_COLUMNS).to_csv(self._tmp / "quarantine.csv", index=False)
+        dataset_hash = hashlib.sha256("".join(sorted(manifest["content_hash"])).encode()).hexdigest()
+        full_meta = {
+            **meta,
+            "format_version": FORMAT_VERSION,
+            "n": len(self.rows),
+            "image_size": self.size,
+            "n_quarantined": len(self.quarantine),
+            "dataset_hash": dataset_hash,
+        }
+        (self._tmp / "archive.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True))
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        os.replace(self._tmp, self.path)
+        self._tmp = None
+        return self.path
+
+    def _grow(self, capacity: int) -> None:
+        assert self._tmp is not None
+        n = len(self.rows)
+        for name in ("images", "masks"):
+            old = getattr(self, f"_{name}")
+            new = np.lib.format.open_memmap(
+                self._tmp / f"{name}.grow.npy", "w+", old.dtype, (capacity, self.size, self.size)
+            )
+            for start in range(0, n, 1024):  # chunked copy keeps memory flat
+                new[start : min(start + 1024, n)] = old[start : min(start + 1024, n)]
+            new.flush()
+            del old, new
+            setattr(self, f"_{name}", None)
+            os.replace(self._tmp / f"{name}.grow.npy", self._tmp / f"{name}.full.npy")
+            setattr(self, f"_{name}", np.lib.format.open_memmap(self._tmp / f"{name}.full.npy", "r+"))
+        self.capacity = capacity
+
+
+def _decode_all(tasks: list[_Task], cfg: Config) -> Iterator[list[_Outcome]]:
     """Decode ``tasks`` across ``cfg.ingest.workers`` processes, yielding outcomes in task order.
 
     At most a few tasks per worker are in flight, so memory stays flat whatever the dataset size, and the output
@@ -368,7 +415,7 @@ def _decode_all(tasks: list[_Task], cfg: Config) -> Iterator[_Outcome]:
     # spawn, not fork: the parent may hold threads (MLflow, kfp) and fork would copy their locks mid-use.
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     try:
-        pending: deque[Future[_Outcome]] = deque()
+        pending: deque[Future[list[_Outcome]]] = deque()
         queue: Iterator[_Task] = iter(tasks)
         for task in queue:
             pending.append(pool.submit(_decode, task, cfg))
@@ -397,11 +444,3 @@ def _check_quarantine(
         f"{labels}: {n_bad} of {n_rows} files quarantined ({what}, ingest.max_quarantine_fraction); "
         f"by reason: {reasons}. First: {examples}"
     )
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -1,14 +1,25 @@
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels import apply_modality_lut
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from components.config import resolve
-from components.dicomio import ImageRejected, read_dicom, read_header, read_mask, resize_square
+from components.dicomio import (
+    ImageRejected,
+    read_dicom,
+    read_frames,
+    read_header,
+    read_mask,
+    resize_square,
+    window_unit,
+)
+from components.errors import ConfigError
 
 SIZE = 8
 # Stored values spanning air, lung, soft tissue and bone once rescaled.
@@ -209,22 +220,22 @@ def missing_rows(tmp_path):
 
 
 REJECT_CASES = [
-    (text_file, "not_dicom"),
-    (truncated, "unreadable"),
-    (no_pixels, "no_pixel_data"),
-    (no_image_at_all, "no_pixel_data"),
-    (missing_rows, "bad_header"),
-    (rgb, "unsupported_photometric"),
-    (multiframe, "multiframe"),
-    (short_pixels, "decode_error"),
+    (text_file, "not_dicom", []),
+    (truncated, "unreadable", []),
+    (no_pixels, "no_pixel_data", []),
+    (no_image_at_all, "no_pixel_data", []),
+    (missing_rows, "bad_header", []),
+    (rgb, "unsupported_photometric", ["ingest.rgb=reject"]),
+    (multiframe, "multiframe", ["ingest.multiframe=reject"]),
+    (short_pixels, "unreadable", []),
 ]
 
 
-@pytest.mark.parametrize(("make", "reason"), REJECT_CASES, ids=[c[0].__name__ for c in REJECT_CASES])
-def test_rejections_carry_a_reason_code(tmp_path, make, reason):
+@pytest.mark.parametrize(("make", "reason", "policy"), REJECT_CASES, ids=[c[0].__name__ for c in REJECT_CASES])
+def test_rejections_carry_a_reason_code(tmp_path, make, reason, policy):
     path = make(tmp_path)
     with pytest.raises(ImageRejected) as info:
-        read_dicom(path, cfg())
+        read_dicom(path, resolve("tiny", [f"data.image_size={SIZE}", *policy]))
     assert info.value.reason == reason
     assert str(info.value).startswith(f"{path}: ") and info.value.detail
     assert "MRN-TEST-0001" not in str(info.value)
@@ -277,3 +288,157 @@ def test_unreadable_mask(tmp_path):
     with pytest.raises(ImageRejected) as info:
         read_mask(tmp_path / "m.png", 8, 8, 8)
     assert info.value.reason == "mask_unreadable"
+
+
+# --- colour, multi-frame, squaring policies -------------------------------------------------------------------
+
+
+def write_rgb(path, rgb, **tags):
+    """An uncompressed 8-bit RGB secondary-capture-like file holding ``rgb`` (rows x cols x 3, uint8)."""
+    return write_dicom(
+        path,
+        stored=np.zeros(rgb.shape[:2]),
+        pixels=False,
+        SamplesPerPixel=3,
+        PhotometricInterpretation="RGB",
+        PlanarConfiguration=0,
+        BitsAllocated=8,
+        BitsStored=8,
+        HighBit=7,
+        PixelData=rgb.astype(np.uint8).tobytes(),
+        **tags,
+    )
+
+
+def test_rgb_is_converted_to_luminance_over_the_full_range(tmp_path):
+    rgb = np.zeros((SIZE, SIZE, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50
+    rgb[:4, :, :] = 255  # white top half
+    # A CT window in the config must not be applied to display colours.
+    got = read_dicom(write_rgb(tmp_path / "c.dcm", rgb), cfg(window_center=40.0, window_width=400.0))
+    luma = (0.299 * 200 + 0.587 * 100 + 0.114 * 50) / 255
+    np.testing.assert_allclose(got.image[4:], luma * 2 - 1, atol=1e-5)
+    np.testing.assert_allclose(got.image[:4], 1.0, atol=1e-5)
+    assert got.window_source == "full_range" and got.photometric == "RGB"
+
+
+def test_rgb_reject_policy(tmp_path):
+    path = write_rgb(tmp_path / "c.dcm", np.zeros((SIZE, SIZE, 3), np.uint8))
+    with pytest.raises(ImageRejected) as info:
+        read_dicom(path, resolve("tiny", [f"data.image_size={SIZE}", "ingest.rgb=reject"]))
+    assert info.value.reason == "unsupported_photometric" and "ingest.rgb=reject" in info.value.detail
+
+
+def test_multiframe_gives_each_frame_like_single_frame_files(tmp_path):
+    frames = [STORED, STORED[::-1], STORED.T]
+    path = write_dicom(
+        tmp_path / "mf.dcm",
+        stored=STORED,
+        pixels=False,
+        NumberOfFrames=3,
+        PixelData=np.stack(frames).astype("<u2").tobytes(),
+        center=-300.0,
+        width=2000.0,
+    )
+    got = read_frames(path, cfg())
+    assert [f.frame for f in got] == [0, 1, 2] and {f.n_frames for f in got} == {3}
+    for i, stored in enumerate(frames):
+        single = read_dicom(write_dicom(tmp_path / f"s{i}.dcm", stored=stored, center=-300.0, width=2000.0), cfg())
+        np.testing.assert_array_equal(got[i].image, single.image)
+    with pytest.raises(ImageRejected) as info:
+        read_dicom(path, cfg())  # the single-image API says where the frames are
+    assert info.value.reason == "multiframe"
+
+
+def test_square_crop_keeps_the_centre(tmp_path):
+    stored = np.zeros((4, 8), dtype=np.int32)
+    stored[:, 2:6] = 3000  # bright centre square, dark sides
+    path = write_dicom(tmp_path / "w.dcm", stored=stored, center=0.0, width=100.0)
+    crop = read_dicom(path, resolve("tiny", ["data.image_size=4", "ingest.square=crop"]))
+    np.testing.assert_array_equal(crop.image, 1.0)  # only the bright centre survives
+    pad = read_dicom(path, resolve("tiny", ["data.image_size=8", "ingest.square=pad"]))
+    np.testing.assert_array_equal(pad.image[2:6, 2:6], 1.0)
+    np.testing.assert_array_equal(pad.image[:2], -1.0)
+    assert crop.pixel_spacing == pad.pixel_spacing == (0.7, 0.8)
+
+
+def test_mask_follows_the_square_policy(tmp_path):
+    mask = np.zeros((4, 8), np.uint8)
+    mask[:, 3:5] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "m.png", 4, 8, 4, square="crop"), (mask[:, 2:6] > 0) * 1)
+    assert read_mask(tmp_path / "m.png", 4, 8, 8, square="pad")[:2].sum() == 0
+
+
+def test_multipage_mask_for_multiframe(tmp_path):
+    pages = [Image.fromarray(np.eye(8, dtype=np.uint8) * 255), Image.fromarray(np.zeros((8, 8), np.uint8))]
+    pages[0].save(tmp_path / "m.tif", save_all=True, append_images=pages[1:])
+    got = read_mask(tmp_path / "m.tif", 8, 8, 8, frames=2)
+    assert got.shape == (2, 8, 8) and got[0].sum() == 8 and got[1].sum() == 0
+    with pytest.raises(ImageRejected) as info:
+        read_mask(tmp_path / "m.tif", 8, 8, 8, frames=3)
+    assert info.value.reason == "mask_size_mismatch" and "2 page(s)" in info.value.detail
+
+
+@pytest.mark.parametrize("key", ["square", "multiframe", "rgb"])
+def test_unknown_policy_is_a_config_error(tmp_path, key):
+    with pytest.raises(ConfigError, match=f"ingest.{key}"):
+        read_dicom(write_dicom(tmp_path / "a.dcm"), resolve("tiny", [f"ingest.{key}=maybe"]))
+
+
+# --- pydicom's bundled files: every codec gives the same image -----------------------------------------------
+
+PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+def bundled(name):
+    return np.stack([f.image for f in read_frames(PYDICOM_FILES / name, resolve("tiny", ["data.image_size=32"]))])
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MR_small_RLE.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_expb.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "MR_small_padded.dcm",
+    ],
+)
+def test_mr_small_transfer_syntaxes_decode_identically(name):
+    np.testing.assert_array_equal(bundled(name), bundled("MR_small.dcm"))
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm"])
+def test_bundled_matches_pydicom_after_modality_lut(name):
+    ds = pydicom.dcmread(PYDICOM_FILES / name)
+    hu = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+    lo, hi = np.percentile(hu, [0.5, 99.5])
+    center, width = (float(ds.WindowCenter), float(ds.WindowWidth)) if "WindowWidth" in ds else ((lo + hi) / 2, hi - lo)
+    expected = resize_square(window_unit(hu, center, width).astype(np.float32), 32, nearest=False) * 2 - 1
+    np.testing.assert_allclose(bundled(name)[0], np.clip(expected, -1, 1), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("name", "atol"),
+    [
+        ("SC_rgb_jpeg_gdcm.dcm", 0.0),  # lossless JPEG
+        ("SC_rgb_gdcm_KY.dcm", 0.0),  # JPEG 2000
+        ("SC_rgb_rle_16bit.dcm", 0.0),
+        ("SC_rgb_rle_32bit.dcm", 0.0),
+        ("SC_rgb_dcmtk_+eb+cr.dcm", 0.01),  # lossy JPEG, RGB
+        ("SC_rgb_dcmtk_+eb+cy+np.dcm", 0.02),  # lossy JPEG, YBR_FULL_422
+        ("SC_rgb_dcmtk_+eb+cy+s4.dcm", 0.02),  # lossy JPEG, YBR_FULL
+        ("SC_rgb_jls_lossy_line.dcm", 0.02),  # near-lossless JPEG-LS
+    ],
+)
+def test_colour_codecs_agree_on_luminance(name, atol):
+    np.testing.assert_allclose(bundled(name), bundled("SC_rgb_rle.dcm"), atol=atol + 1e-6)
+
+
+def test_bundled_multiframe_first_frame_matches_its_single_frame_copy():
+    assert bundled("rtdose.dcm").shape == (15, 32, 32)
+    np.testing.assert_array_equal(bundled("rtdose.dcm")[0], bundled("rtdose_1frame.dcm")[0])
+    np.testing.assert_array_equal(bundled("SC_rgb_rle_2frame.dcm")[0], bundled("SC_rgb_rle.dcm")[0])

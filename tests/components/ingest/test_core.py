@@ -10,7 +10,7 @@ from PIL import Image
 from components.archive import MANIFEST_COLUMNS, QUARANTINE_COLUMNS, open_archive
 from components.config import resolve
 from components.errors import DataError
-from components.ingest import core
+from components.ingest import core, decode
 from components.ingest.core import REASONS, hash_patient, ingest
 from components.phantom import PHI_TAGS, write_phantom
 
@@ -227,8 +227,8 @@ QUARANTINE_CASES = [
 def test_bad_row_is_quarantined_with_its_reason(data, cfg, tmp_path, monkeypatch, damage, reason):
     bad = damage(data, tmp_path)
     opened = []
-    real_read = core.read_dicom
-    monkeypatch.setattr(core, "read_dicom", lambda path, c: opened.append(str(path)) or real_read(path, c))
+    real_read = decode.read_frames
+    monkeypatch.setattr(decode, "read_frames", lambda path, c: opened.append(str(path)) or real_read(path, c))
 
     summary = ingest(data, tmp_path / "archive", cfg, salt=SALT)
 
@@ -323,3 +323,37 @@ def test_no_phi_reaches_any_output(data, cfg, tmp_path, capfd, caplog):
     blobs["console"] = (captured.out + captured.err + caplog.text).encode()
     leaks = [(value, name) for value in phi for name, blob in blobs.items() if value.encode() in blob]
     assert leaks == []
+
+
+def test_in_place_compaction_writes_what_the_copying_commit_writes(data, cfg, tmp_path, monkeypatch):
+    (data / "junk.dcm").write_text("not DICOM")
+    append(data, file="junk.dcm", label="normal")  # a quarantined row: capacity > accepted rows
+    ingest(data, tmp_path / "fast", cfg, salt=SALT)
+    monkeypatch.setattr(core._GrowingWriter, "commit", core.ArchiveWriter.commit)
+    ingest(data, tmp_path / "copied", cfg, salt=SALT)
+    for name in ("images.npy", "masks.npy", "archive.json", "quarantine.csv"):
+        assert (tmp_path / "fast" / name).read_bytes() == (tmp_path / "copied" / name).read_bytes(), name
+    assert len(open_archive(tmp_path / "fast")) == 24
+
+
+def test_multiframe_rows_expand_into_frames_and_grow_the_archive(data, tmp_path):
+    rows = labels(data)
+    ds = pydicom.dcmread(data / rows[0]["file"])
+    one = ds.pixel_array
+    ds.NumberOfFrames = 3
+    ds.PixelData = np.stack([one, one[::-1], one[:, ::-1]]).tobytes()
+    ds.save_as(data / "multi.dcm")
+    write_labels(data, [{"file": "multi.dcm", "label": "normal", "patient_id": "p1"}] + rows[:3])
+    summary = ingest(data, tmp_path / "a", resolve("tiny"), salt=SALT)
+    archive = open_archive(summary["archive"])  # 4 rows, 6 samples: the writer grew past its capacity
+    assert summary["n_ok"] == len(archive) == 6
+    assert list(archive.manifest["frame"][:3]) == [0, 1, 2] and set(archive.manifest["source_file"][:3]) == {
+        "multi.dcm"
+    }
+    rejected = ingest(
+        data,
+        tmp_path / "b",
+        resolve("tiny", ["ingest.multiframe=reject", "ingest.max_quarantine_fraction=0.5"]),
+        salt=SALT,
+    )
+    assert rejected["quarantined_by_reason"] == {"multiframe": 1} and rejected["n_ok"] == 3

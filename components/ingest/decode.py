@@ -1,0 +1,91 @@
+"""The per-file work of ingest, run in the worker processes: decode one DICOM (every frame) and its mask.
+
+Kept apart from :mod:`components.ingest.core` so that a spawned worker imports only pydicom, numpy and Pillow
+(not pandas or the archive writer): worker start-up is part of every ingest's wall time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.config import Config
+from components.dicomio import ImageRejected, read_frames, read_mask
+
+
+@dataclass
+class _Task:
+    """One labels.csv row that passed the cheap checks and is sent to a decoding worker."""
+
+    rel: str
+    path: str
+    mask_rel: str
+    mask_path: str | None
+
+
+@dataclass
+class _Outcome:
+    """What a worker returns for a task: arrays and header facts, or the reason it was rejected."""
+
+    reason: str | None = None
+    detail: str = ""
+    on_mask: bool = False
+    image: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    header_patient_id: str | None = None  # PHI: hashed by the parent, never stored
+    frame: int = 0
+    n_frames: int = 1
+
+
+def _decode(task: _Task, cfg: Config) -> list[_Outcome]:
+    """Worker body: decode one DICOM (every frame) and its mask; one outcome per frame, or a single rejection.
+
+    Module level so that a process pool can pickle it.
+    """
+    try:
+        frames = read_frames(task.path, cfg)
+    except ImageRejected as exc:
+        return [_Outcome(reason=exc.reason, detail=exc.detail)]
+    first, size = frames[0], cfg.data.image_size
+    if task.mask_path is None:
+        masks = [np.zeros((size, size), dtype=np.uint8)] * len(frames)
+    else:
+        try:
+            got = read_mask(task.mask_path, first.rows, first.cols, size, cfg.ingest.square, len(frames))
+        except ImageRejected as exc:
+            return [_Outcome(reason=exc.reason, detail=exc.detail, on_mask=True)]
+        masks = [got] if len(frames) == 1 else list(got)
+    spacing = first.pixel_spacing or (math.nan, math.nan)
+    info = {
+        "source_sha256": _file_sha256(Path(task.path)),
+        "modality": first.modality,
+        "pixel_spacing_row": spacing[0],
+        "pixel_spacing_col": spacing[1],
+        "orig_rows": first.rows,
+        "orig_cols": first.cols,
+    }
+    return [
+        _Outcome(
+            image=f.image,
+            mask=m,
+            info={**info, "window_source": f.window_source},
+            header_patient_id=f.patient_id,
+            frame=f.frame,
+            n_frames=f.n_frames,
+        )
+        for f, m in zip(frames, masks, strict=True)
+    ]
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
