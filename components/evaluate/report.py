@@ -438,6 +438,7 @@ def _validation(r: dict[str, Any]) -> str:
     )
     rows = [
         (
+            _e(x.get("batch", "")),
             _e(x.get("expectation")),
             _e(x.get("column", "")),
             '<span class="good">pass</span>' if x.get("success") else '<span class="bad">FAIL</span>',
@@ -449,7 +450,32 @@ def _validation(r: dict[str, Any]) -> str:
     return (
         "<h2>Data validation</h2>"
         + head
-        + _table(("expectation", "column", "result", "severity", "unexpected"), rows, "metrics")
+        + _drift(v.get("drift") if isinstance(v, dict) else None)
+        + _table(("batch", "expectation", "column", "result", "severity", "unexpected"), rows, "metrics")
+    )
+
+
+def _drift(drift: dict[str, Any] | None) -> str:
+    """Class-distribution drift against the champion's data: the per-class fractions, or why it was not checked."""
+    if not drift:
+        return ""
+    if drift.get("status") != "checked":
+        return f'<p class="pending">Class drift vs champion: skipped &mdash; {_e(drift.get("reason", ""))}</p>'
+    limit = float(drift.get("max_class_drift", 0.0))
+    rows = [
+        (
+            _e(c.get("label")),
+            _fmt(c.get("fraction")),
+            _fmt(c.get("champion_fraction")),
+            f'<span class="{"bad" if float(c.get("abs_diff", 0)) > limit else "good"}">'
+            f"{_fmt(c.get('abs_diff'))}</span>",
+        )
+        for c in drift.get("classes", [])
+    ]
+    return (
+        f"<p>Class drift vs {_e(drift.get('reference', 'champion'))}: total variation "
+        f"{_fmt(drift.get('total_variation'))} (warning above {limit:g} per class).</p>"
+        + _table(("class", "fraction", "champion fraction", "|difference|"), rows, "metrics")
     )
 
 

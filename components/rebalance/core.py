@@ -2,7 +2,9 @@
 
 No patient ever appears in two splits: slices of one patient are strongly correlated, and a leak would make every
 downstream metric (FID against held-out data, Dice on test patients) optimistic. Patients are stratified by the
-rarest class among their images so that rare classes reach every split when there are enough such patients.
+rarest class among their images so that rare classes reach every split when there are enough such patients. The
+finished split table goes through the split suite of great-expectations (:func:`components.validate.core.check_split`)
+before it is written: a patient in two splits is a critical failure that stops the pipeline.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pandas as pd
 from components.archive import open_archive
 from components.config import Config
 from components.errors import ConfigError, DataError
+from components.validate.core import check_split
 
 SPLITS = ("train", "val", "test")
 STRATEGIES = ("none", "weighted-sampler", "class-weighted-loss")
@@ -70,7 +73,10 @@ def class_weights(labels: pd.Series, classes: list[str], power: float) -> dict[s
 def rebalance(
     archive_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], cfg: Config, tracker: Any = None
 ) -> dict[str, Any]:
-    """Write ``split.parquet`` (index, sample_id, patient, label, split, weight) and ``distribution.json``."""
+    """Write ``split.parquet`` (index, sample_id, patient, label, split, weight) and ``distribution.json``.
+
+    The split table is validated first (Data Docs in ``out_dir/split_validation``); a leak raises ``ValidationFailed``.
+    """
     archive = open_archive(archive_dir)
     manifest = archive.manifest
     strategy = cfg.split.strategy
@@ -116,6 +122,9 @@ def rebalance(
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # Raises ValidationFailed (nothing written but the check's Data Docs) if a patient landed in two splits.
+    check = check_split(table, out / "split_validation", cfg, tracker)
+    summary["split_check"] = {k: check[k] for k in ("success", "n_expectations", "n_warnings")}
     tmp = out / ".split.parquet.tmp"
     table.to_parquet(tmp, index=False)
     os.replace(tmp, out / "split.parquet")

@@ -10,9 +10,9 @@ from components.errors import MedganError
 from pipeline.local import run_local
 
 
-def test_two_local_runs_register_two_versions_and_gate_decides(phantom_dir, tmp_path):
+def test_two_local_runs_register_two_versions_and_gate_decides(phantom_dir, tiny_project):
     cfg = resolve("tiny")
-    first = run_local(phantom_dir, cfg, project_dir=tmp_path)
+    project, first = tiny_project  # the shared first run (tests/pipeline/conftest.py)
     assert first.report.is_file()
     html = first.report.read_text()
     assert 'class="good decision">promoted<' in html and "<td>fid (gate)</td>" in html
@@ -32,7 +32,7 @@ def test_two_local_runs_register_two_versions_and_gate_decides(phantom_dir, tmp_
     assert {"samples", "report", "validation", "config", "gate"} <= artifacts, artifacts
     assert run.info.status == "FINISHED"
 
-    second = run_local(phantom_dir, cfg, project_dir=tmp_path)
+    second = run_local(phantom_dir, cfg, project_dir=project)
     gate = second.decision
     assert str(gate["challenger_version"]) == "2" and str(gate["champion_version"]) == "1"
     assert gate["action"] in ("promoted", "rejected") and "fid" in gate["reason"]
@@ -41,6 +41,10 @@ def test_two_local_runs_register_two_versions_and_gate_decides(phantom_dir, tmp_
     expected_champion = "2" if gate["action"] == "promoted" else "1"
     assert str(client.get_model_version_by_alias(name, "champion").version) == expected_champion
     assert json.loads((second.run_dir / "config.json").read_text())["preset"] == "tiny"
+    # with a champion in the registry, validation compared the class fractions with its data (same data: no drift)
+    run2 = client.search_runs([exp.experiment_id], f"tags.`medgan.run_key` = '{second.run_key}'")[0]
+    assert client.get_run(run2.info.run_id).data.metrics["validate/class_drift_tv"] == 0.0
+    assert "validation/split" in {a.path for a in client.list_artifacts(run2.info.run_id, "validation")}
 
 
 def test_critical_validation_failure_stops_the_pipeline_with_its_summary(phantom_dir, tmp_path):
