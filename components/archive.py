@@ -15,7 +15,9 @@ so a killed writer never leaves something that :func:`open_archive` accepts.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -119,11 +121,25 @@ def content_hash(image: np.ndarray, mask: np.ndarray) -> str:
     return h.hexdigest()
 
 
+# Pages of the memory-mapped arrays that were written count in the writer's RSS until dropped: drop them this often.
+_DROP_EVERY = 128
+
+
+def _drop_pages(arr: np.ndarray) -> None:
+    """Flush a memory-mapped array and let the kernel drop its pages from this process (the file keeps the data)."""
+    arr.flush()  # type: ignore[attr-defined]
+    mapped = getattr(arr, "_mmap", None)
+    if mapped is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mapped.madvise(mmap.MADV_DONTNEED)
+
+
 class ArchiveWriter:
     """Streams samples into a new archive; use as a context manager and call :meth:`commit` at the end.
 
-    Memory stays flat: arrays are written into memory-mapped files of ``capacity`` rows as samples arrive and
-    compacted to the accepted count on commit. Leaving the ``with`` block without commit removes everything.
+    Memory stays flat: arrays are written into memory-mapped files of ``capacity`` rows as samples arrive (the
+    capacity doubles when more samples come, e.g. from multi-frame files), written pages are released every
+    ``_DROP_EVERY`` samples, and commit truncates the files in place to the accepted count. Leaving the ``with``
+    block without commit removes everything.
     """
 
     def __init__(self, path: str | os.PathLike[str], capacity: int, image_size: int) -> None:
@@ -146,29 +162,75 @@ class ArchiveWriter:
         """Append one normalised sample and its manifest row (stats and hashes are filled in here)."""
         i = len(self.rows)
         if i >= self.capacity:
-            raise ValueError(f"archive capacity {self.capacity} exceeded")
+            self._grow(2 * self.capacity)
         self._images[i] = image
         self._masks[i] = mask
         digest = content_hash(image, mask)
         self.rows.append({**row, **sample_stats(image, mask), "content_hash": digest, "sample_id": digest[:16]})
+        if len(self.rows) % _DROP_EVERY == 0:
+            _drop_pages(self._images)
+            _drop_pages(self._masks)
 
     def reject(self, path: str, reason: str, message: str) -> None:
         """Record a file that cannot be used."""
         self.quarantine.append({"path": path, "reason": reason, "message": message})
 
+    def _grow(self, capacity: int) -> None:
+        assert self._tmp is not None
+        n = len(self.rows)
+        for name in ("images", "masks"):
+            old = getattr(self, f"_{name}")
+            new = np.lib.format.open_memmap(
+                self._tmp / f"{name}.grow.npy", "w+", old.dtype, (capacity, self.size, self.size)
+            )
+            for start in range(0, n, 1024):  # chunked copy keeps memory flat
+                new[start : min(start + 1024, n)] = old[start : min(start + 1024, n)]
+            new.flush()
+            del old, new
+            setattr(self, f"_{name}", None)
+            os.replace(self._tmp / f"{name}.grow.npy", self._tmp / f"{name}.full.npy")
+            setattr(self, f"_{name}", np.lib.format.open_memmap(self._tmp / f"{name}.full.npy", "r+"))
+        self.capacity = capacity
+
+    def _compact(self) -> None:
+        """Shrink the over-allocated ``.npy`` files to the accepted rows.
+
+        The accepted rows are a prefix of each file, so rewriting the header with the final row count and truncating
+        gives byte for byte the files a copy would, without pulling the archive through this process's memory. Only
+        when the new header would change length (never for realistic sizes) is the prefix copied in chunks.
+        """
+        assert self._tmp is not None
+        n = len(self.rows)
+        shape = (n, self.size, self.size)
+        for name in ("images", "masks"):
+            full = getattr(self, f"_{name}")
+            header = io.BytesIO()
+            descr = np.lib.format.dtype_to_descr(full.dtype)
+            np.lib.format.write_array_header_1_0(header, {"descr": descr, "fortran_order": False, "shape": shape})
+            source, target = self._tmp / f"{name}.full.npy", self._tmp / f"{name}.npy"
+            if len(header.getvalue()) == full.offset:
+                end = full.offset + n * full[0].nbytes
+                full.flush()
+                setattr(self, f"_{name}", None)  # unmap before truncating
+                del full
+                with source.open("r+b") as fh:
+                    fh.write(header.getvalue())
+                    fh.truncate(end)
+                os.replace(source, target)
+            else:
+                out = np.lib.format.open_memmap(target, "w+", full.dtype, shape)
+                for start in range(0, n, 1024):
+                    out[start : start + 1024] = full[start : min(start + 1024, n)]
+                out.flush()
+                del out, full
+                setattr(self, f"_{name}", None)
+                source.unlink()
+
     def commit(self, meta: dict[str, Any]) -> Path:
         """Compact, write manifest/quarantine/metadata and atomically move the archive into place."""
         assert self._tmp is not None, "commit() outside of a with block"
         n = len(self.rows)
-        for name, full in (("images", self._images), ("masks", self._masks)):
-            out = np.lib.format.open_memmap(self._tmp / f"{name}.npy", "w+", full.dtype, (n, self.size, self.size))
-            for start in range(0, n, 1024):  # chunked copy keeps memory flat
-                out[start : start + 1024] = full[start : min(start + 1024, n)]
-            out.flush()
-            del out
-        del self._images, self._masks
-        (self._tmp / "images.full.npy").unlink()
-        (self._tmp / "masks.full.npy").unlink()
+        self._compact()
         manifest = pd.DataFrame(self.rows, columns=MANIFEST_COLUMNS)
         manifest.to_parquet(self._tmp / "manifest.parquet", index=False)
         pd.DataFrame(self.quarantine, columns=QUARANTINE_COLUMNS).to_csv(self._tmp / "quarantine.csv", index=False)

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
-import json
 import logging
-import mmap
 import multiprocessing
 import os
-import shutil
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -24,11 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 from tqdm import tqdm
 
-from components.archive import FORMAT_VERSION, MANIFEST_COLUMNS, QUARANTINE_COLUMNS, ArchiveWriter, content_hash
+from components.archive import ArchiveWriter, content_hash
 from components.config import Config
 from components.dicomio import INTERPOLATION, check_policy
 from components.dicomio import REASONS as DECODE_REASONS
@@ -57,7 +51,6 @@ PATIENT_HASH_CHARS = 16
 # Decoded results waiting to be written, per worker: enough to keep workers busy, small enough for flat memory.
 _IN_FLIGHT_PER_WORKER = 8
 # Samples between two flushes of the archive's memory-mapped arrays (then their pages leave our RSS).
-_DROP_EVERY = 128
 
 
 @dataclass
@@ -102,7 +95,7 @@ def ingest(
     tasks = [r.task for r in rows if r.task is not None]
     out = Path(out_dir)
     with (
-        _GrowingWriter(out, capacity=len(rows), image_size=cfg.data.image_size) as writer,
+        ArchiveWriter(out, capacity=len(rows), image_size=cfg.data.image_size) as writer,
         closing(_decode_all(tasks, cfg)) as outcomes,
     ):
         for row in tqdm(rows, desc="ingest", unit="file", mininterval=1.0):
@@ -318,88 +311,6 @@ class _Accepted:
     @staticmethod
     def _patient(row: _Row, got: _Outcome) -> str:
         return row.patient_id or (got.header_patient_id or "").strip()
-
-
-def _drop_pages(arr: np.ndarray) -> None:
-    """Flush a memory-mapped array and let the kernel drop its pages from this process (the file keeps the data)."""
-    arr.flush()  # type: ignore[attr-defined]
-    mapped = getattr(arr, "_mmap", None)
-    if mapped is not None and hasattr(mmap, "MADV_DONTNEED"):
-        mapped.madvise(mmap.MADV_DONTNEED)
-
-
-class _GrowingWriter(ArchiveWriter):
-    """An :class:`ArchiveWriter` whose capacity doubles when multi-frame files bring more samples than rows."""
-
-    def add(self, image: np.ndarray, mask: np.ndarray, row: dict[str, Any]) -> None:
-        if len(self.rows) >= self.capacity:
-            self._grow(2 * self.capacity)
-        super().add(image, mask, row)
-        if len(self.rows) % _DROP_EVERY == 0:
-            # Written pages of the memory-mapped arrays count in our RSS until dropped: keep memory flat.
-            _drop_pages(self._images)
-            _drop_pages(self._masks)
-
-    def commit(self, meta: dict[str, Any]) -> Path:
-        """:meth:`ArchiveWriter.commit`, with the arrays compacted in place instead of copied.
-
-        The accepted rows are a prefix of the over-allocated ``.npy`` files, so rewriting the header with the final
-        row count and truncating gives byte for byte the files the parent would copy, without pulling the whole
-        archive through this process's memory (with the copy, peak RSS grew with the dataset size).
-        """
-        assert self._tmp is not None, "commit() outside of a with block"
-        shape = (len(self.rows), self.size, self.size)
-        plans = []
-        for name in ("images", "masks"):
-            full = getattr(self, f"_{name}")
-            header = io.BytesIO()
-            descr = np.lib.format.dtype_to_descr(full.dtype)
-            np.lib.format.write_array_header_1_0(header, {"descr": descr, "fortran_order": False, "shape": shape})
-            if len(header.getvalue()) != full.offset:  # the header would change length: copy as the parent does
-                return super().commit(meta)
-            plans.append((name, header.getvalue(), full.offset + len(self.rows) * full[0].nbytes))
-        for name, header, end in plans:
-            getattr(self, f"_{name}").flush()
-            setattr(self, f"_{name}", None)  # unmap before truncating
-            with (self._tmp / f"{name}.full.npy").open("r+b") as fh:
-                fh.write(header)
-                fh.truncate(end)
-            os.replace(self._tmp / f"{name}.full.npy", self._tmp / f"{name}.npy")
-        manifest = pd.DataFrame(self.rows, columns=MANIFEST_COLUMNS)
-        manifest.to_parquet(self._tmp / "manifest.parquet", index=False)
-        pd.DataFrame(self.quarantine, columns=QUARANTINE_COLUMNS).to_csv(self._tmp / "quarantine.csv", index=False)
-        dataset_hash = hashlib.sha256("".join(sorted(manifest["content_hash"])).encode()).hexdigest()
-        full_meta = {
-            **meta,
-            "format_version": FORMAT_VERSION,
-            "n": len(self.rows),
-            "image_size": self.size,
-            "n_quarantined": len(self.quarantine),
-            "dataset_hash": dataset_hash,
-        }
-        (self._tmp / "archive.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True))
-        if self.path.exists():
-            shutil.rmtree(self.path)
-        os.replace(self._tmp, self.path)
-        self._tmp = None
-        return self.path
-
-    def _grow(self, capacity: int) -> None:
-        assert self._tmp is not None
-        n = len(self.rows)
-        for name in ("images", "masks"):
-            old = getattr(self, f"_{name}")
-            new = np.lib.format.open_memmap(
-                self._tmp / f"{name}.grow.npy", "w+", old.dtype, (capacity, self.size, self.size)
-            )
-            for start in range(0, n, 1024):  # chunked copy keeps memory flat
-                new[start : min(start + 1024, n)] = old[start : min(start + 1024, n)]
-            new.flush()
-            del old, new
-            setattr(self, f"_{name}", None)
-            os.replace(self._tmp / f"{name}.grow.npy", self._tmp / f"{name}.full.npy")
-            setattr(self, f"_{name}", np.lib.format.open_memmap(self._tmp / f"{name}.full.npy", "r+"))
-        self.capacity = capacity
 
 
 def _decode_all(tasks: list[_Task], cfg: Config) -> Iterator[list[_Outcome]]:

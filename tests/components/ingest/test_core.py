@@ -325,17 +325,6 @@ def test_no_phi_reaches_any_output(data, cfg, tmp_path, capfd, caplog):
     assert leaks == []
 
 
-def test_in_place_compaction_writes_what_the_copying_commit_writes(data, cfg, tmp_path, monkeypatch):
-    (data / "junk.dcm").write_text("not DICOM")
-    append(data, file="junk.dcm", label="normal")  # a quarantined row: capacity > accepted rows
-    ingest(data, tmp_path / "fast", cfg, salt=SALT)
-    monkeypatch.setattr(core._GrowingWriter, "commit", core.ArchiveWriter.commit)
-    ingest(data, tmp_path / "copied", cfg, salt=SALT)
-    for name in ("images.npy", "masks.npy", "archive.json", "quarantine.csv"):
-        assert (tmp_path / "fast" / name).read_bytes() == (tmp_path / "copied" / name).read_bytes(), name
-    assert len(open_archive(tmp_path / "fast")) == 24
-
-
 def test_multiframe_rows_expand_into_frames_and_grow_the_archive(data, tmp_path):
     rows = labels(data)
     ds = pydicom.dcmread(data / rows[0]["file"])
