@@ -30,6 +30,7 @@ from components.rebalance.core import rebalance  # noqa: E402
 from components.train.trainer import Trainer  # noqa: E402
 
 CLASSES = ("normal", "benign", "malignant")
+PREFETCH = [2]  # train.prefetch of the measured runs (--prefetch)
 
 
 def synthetic_archive(root: Path, size: int, n: int = 384, seed: int = 0) -> Path:
@@ -46,11 +47,22 @@ def synthetic_archive(root: Path, size: int, n: int = 384, seed: int = 0) -> Pat
                 cx, cy, r = rng.uniform(0.35, 0.65), rng.uniform(0.4, 0.6), 0.05 if label == "benign" else 0.1
                 mask = (((xx - cx) ** 2 + (yy - cy) ** 2) < r**2).astype(np.uint8)
                 image = np.where(mask > 0, 0.8, image)
-            writer.add(np.clip(image, -1, 1).astype(np.float32), mask, {
-                "source_file": f"s{i}", "source_sha256": f"{i:064x}", "patient": f"p{i % 24}", "label": label,
-                "label_idx": CLASSES.index(label), "modality": "CT", "pixel_spacing_row": 1.0,
-                "pixel_spacing_col": 1.0, "orig_rows": size, "orig_cols": size,
-            })
+            writer.add(
+                np.clip(image, -1, 1).astype(np.float32),
+                mask,
+                {
+                    "source_file": f"s{i}",
+                    "source_sha256": f"{i:064x}",
+                    "patient": f"p{i % 24}",
+                    "label": label,
+                    "label_idx": CLASSES.index(label),
+                    "modality": "CT",
+                    "pixel_spacing_row": 1.0,
+                    "pixel_spacing_col": 1.0,
+                    "orig_rows": size,
+                    "orig_cols": size,
+                },
+            )
         writer.commit({"classes": list(CLASSES), "lesion_classes": list(CLASSES[1:]), "dataset_version": {}})
     return root / "archive"
 
@@ -59,10 +71,15 @@ def measure(preset: str, fast: bool, device: str, steps: int, warmup: int, work:
     """Train ``warmup + steps`` steps; return img/s over the timed steps and the loader share of a step."""
     cuda = device == "cuda"
     overrides = [
-        f"train.steps={warmup + steps}", f"train.device={device}", "train.checkpoint_every=100000",
-        "train.sample_every=100000", "train.log_every=100000",
-        f"train.precision={'bf16' if fast else 'fp32'}", f"train.channels_last={'true' if fast else 'false'}",
+        f"train.steps={warmup + steps}",
+        f"train.device={device}",
+        "train.checkpoint_every=100000",
+        "train.sample_every=100000",
+        "train.log_every=100000",
+        f"train.precision={'bf16' if fast else 'fp32'}",
+        f"train.channels_last={'true' if fast else 'false'}",
         f"train.compile={'true' if fast and cuda else 'false'}",
+        f"train.prefetch={PREFETCH[0]}",
     ]
     cfg = resolve(preset, overrides)
     size = cfg.data.image_size
@@ -75,9 +92,9 @@ def measure(preset: str, fast: bool, device: str, steps: int, warmup: int, work:
     batch_time = [0.0]
     draw = trainer._batch
 
-    def timed_batch(g: torch.Generator):  # noqa: ANN202 - wraps the loader to time it
+    def timed_batch(step: int):  # noqa: ANN202 - wraps the loader (prefetch wait + host-to-device copy) to time it
         t0 = time.perf_counter()
-        result = draw(g)
+        result = draw(step)
         if cuda:
             torch.cuda.synchronize()
         batch_time[0] += time.perf_counter() - t0 if trainer.step >= warmup else 0.0
@@ -87,8 +104,13 @@ def measure(preset: str, fast: bool, device: str, steps: int, warmup: int, work:
     trainer.fit()
     timed = [r["step_time_s"] for r in trainer.records if r["step"] > warmup]
     total = float(np.sum(timed))
-    return {"img_s": cfg.train.batch_size * len(timed) / total, "loader_share": batch_time[0] / total,
-            "step_ms": 1000 * total / len(timed), "batch": cfg.train.batch_size, "size": size}
+    return {
+        "img_s": cfg.train.batch_size * len(timed) / total,
+        "loader_share": batch_time[0] / total,
+        "step_ms": 1000 * total / len(timed),
+        "batch": cfg.train.batch_size,
+        "size": size,
+    }
 
 
 def main() -> None:
@@ -97,7 +119,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--presets", default="quickstart,ct-128")
+    parser.add_argument("--prefetch", type=int, default=2, help="train.prefetch (0: draw the batch in-step)")
     args = parser.parse_args()
+    PREFETCH[0] = args.prefetch
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU x{torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; {args.steps} timed steps after {args.warmup} warm-up")
@@ -109,9 +133,11 @@ def main() -> None:
                 r = measure(preset, fast, device, args.steps, args.warmup, Path(tmp))
                 mode = "fast" if fast else "eager-fp32"
                 results[preset][mode] = r
-                print(f"{preset:>10} {mode:>10}: {r['img_s']:9.1f} img/s  {r['step_ms']:7.1f} ms/step  "
-                      f"loader {100 * r['loader_share']:4.1f}% of step  (batch {r['batch']}, {r['size']} px)",
-                      flush=True)
+                print(
+                    f"{preset:>10} {mode:>10}: {r['img_s']:9.1f} img/s  {r['step_ms']:7.1f} ms/step  "
+                    f"loader {100 * r['loader_share']:4.1f}% of step  (batch {r['batch']}, {r['size']} px)",
+                    flush=True,
+                )
     ratios = {p: results[p]["fast"]["img_s"] / results[p]["eager-fp32"]["img_s"] for p in results}
     first = next(iter(results))
     details = "; ".join(

@@ -39,6 +39,13 @@ class IngestConfig:
     workers: int = 2
     # Name of the environment variable holding the patient-ID salt; without it a per-project salt file is used.
     salt_env: str = "MEDGAN_PATIENT_SALT"
+    # Non-square images: "pad" with black to a centred square (keeps the whole field of view) or "crop" the
+    # centred square of the shorter side (keeps the scale of the longer side).
+    square: str = "pad"
+    # Multi-frame files: "frames" makes each frame a sample (manifest column ``frame``), "reject" quarantines them.
+    multiframe: str = "frames"
+    # Colour (RGB, YBR, PALETTE COLOR) images: "convert" to luminance (ITU-R BT.601), "reject" quarantines them.
+    rgb: str = "convert"
 
 
 @dataclass
@@ -52,6 +59,9 @@ class ValidateConfig:
     max_mask_fraction: float = 0.5
     # A class whose share of the data drops below this fraction is reported as a warning, not a failure.
     warn_min_class_fraction: float = 0.02
+    # Class-distribution drift against the champion model's data: a class whose share of the images moved by more
+    # than this (absolute difference of fractions) is reported as a warning. Skipped when there is no champion.
+    max_class_drift: float = 0.1
 
 
 @dataclass
@@ -91,6 +101,27 @@ class TrainConfig:
     checkpoint_every: int = 200
     log_every: int = 25
     sample_every: int = 200
+    # Divergence guards: each one rolls back to the last good checkpoint with halved learning rates (as a
+    # non-finite loss does); after max_rollbacks rollbacks the run fails. 0 disables a bound.
+    max_rollbacks: int = 3
+    guard_grad_norm: float = 10000.0  # exploding gradients: G or D gradient norm above this (quickstart max ~100)
+    guard_margin: float = 20.0  # D collapse: mean D(real) - D(fake) logit margin above this (quickstart max ~2) ...
+    guard_d_accuracy: float = 0.999  # ... or D classifies reals and fakes (both) at least this accurately ...
+    guard_patience: int = 200  # ... for this many consecutive steps
+    prefetch: int = 2  # batches a background thread prepares ahead on CUDA (pinned memory); 0: draw in-step
+    # Where the training runs: local (in-process / torchrun --standalone), trainjob (Kubeflow Trainer v2) or
+    # pytorchjob (Training Operator v1); the Kubernetes launchers run nodes x gpus_per_node worker processes.
+    launcher: str = "local"
+    nodes: int = 1
+    gpus_per_node: int = 1
+    namespace: str = "kubeflow"
+    service_account: str = ""  # pod service account of the training job; empty: the namespace default
+    image_pull_policy: str = "IfNotPresent"
+    # PersistentVolumeClaim mounted at data_mount_path in every training pod; the archive, split and model
+    # folders handed to a Kubernetes launcher must lie under that path.
+    data_volume_claim: str = ""
+    data_mount_path: str = "/workspace/data"
+    job_timeout_s: int = 86400
 
 
 @dataclass

@@ -112,7 +112,15 @@ class PhasedLoss:
         else:
             loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
         loss.backward()
-        return {"loss_d": loss.detach(), "d_real": real_logits.detach().mean(), "d_fake": fake_logits.detach().mean()}
+        real_logits, fake_logits = real_logits.detach(), fake_logits.detach()
+        return {
+            "loss_d": loss.detach(),
+            "d_real": real_logits.mean(),
+            "d_fake": fake_logits.mean(),
+            # D's accuracy on each side (a logit above 0 says real): the collapse guard watches both.
+            "d_acc_real": (real_logits > 0).float().mean(),
+            "d_acc_fake": (fake_logits < 0).float().mean(),
+        }
 
     def d_reg(
         self, real: torch.Tensor, real_labels: torch.Tensor, generator: torch.Generator | None = None

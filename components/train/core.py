@@ -3,7 +3,8 @@
 With ``cfg.train.nproc > 1`` the stage launches ``torchrun --standalone --nproc_per_node=N`` (as
 ``python -m torch.distributed.run``, so the launcher of this interpreter is used whatever is on ``PATH``) on
 :mod:`components.train.worker`; rank 0 writes the outputs and ``train_summary.json``, which becomes the return
-value. On Kubernetes the same worker module is the entry point of the Kubeflow TrainJob.
+value. With ``cfg.train.launcher`` ``trainjob`` or ``pytorchjob`` the same worker module runs in a Kubeflow Trainer
+``TrainJob`` / Training Operator ``PyTorchJob`` (:mod:`components.train.kubernetes`), and this step waits for it.
 """
 
 from __future__ import annotations
@@ -62,9 +63,33 @@ def train(
     The summary holds ``steps``, ``final_losses``, ``img_per_s``, ``step_time_ms``, ``rollbacks`` and ``paths``.
     """
     check_train_config(cfg)  # fail here, not in N workers
+    if cfg.train.launcher != "local":
+        return _train_on_kubernetes(archive_dir, split_dir, out_dir, cfg, tracking)
     if cfg.train.nproc == 1:
         return train_rank(archive_dir, split_dir, out_dir, cfg, tracking)
     return _launch_torchrun(archive_dir, split_dir, out_dir, cfg, tracking)
+
+
+def _train_on_kubernetes(
+    archive_dir: str | os.PathLike[str],
+    split_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    cfg: Config,
+    tracking: dict[str, str] | None,
+) -> dict[str, Any]:
+    """Submit a TrainJob / PyTorchJob, wait for it, and read rank 0's summary from the shared volume."""
+    from components.train.kubernetes import train_on_kubernetes
+
+    out = Path(out_dir)
+    summary_path = out / SUMMARY_FILE
+    summary_path.unlink(missing_ok=True)  # a stale summary must not pass for this run's result
+    job = train_on_kubernetes(str(archive_dir), str(split_dir), str(out), cfg, tracking)
+    if not summary_path.is_file():
+        raise TrainingError(
+            f"{job['kind']} {job['metadata']['name']} succeeded but {summary_path} is not visible here; "
+            f"mount train.data_volume_claim at train.data_mount_path in this step too"
+        )
+    return json.loads(summary_path.read_text())
 
 
 def _launch_torchrun(

@@ -30,6 +30,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +57,21 @@ OPTIONS_FILE = "training_options.json"
 LOSSES_FILE = "losses.csv"
 GRID_FILE = "samples.png"
 SUMMARY_FILE = "train_summary.json"
-MAX_ROLLBACKS = 3
+MAX_ROLLBACKS = 3  # the default of train.max_rollbacks
 LOSS_KEYS = ("loss_g", "loss_d", "d_real", "d_fake", "r1")
+# What the divergence guards watch besides the losses (rank-averaged like them, logged to MLflow, not to losses.csv).
+GUARD_KEYS = ("d_acc_real", "d_acc_fake", "grad_norm_d", "grad_norm_g")
+LAUNCHERS = ("local", "trainjob", "pytorchjob")
 SPLIT_COLUMNS = ("index", "sample_id", "label", "split", "weight")
 # channels_last on CPU is a measured toss-up, so it follows the design (CUDA only): quickstart, 2 cores, median step
 # 72-75 ms with it vs 80-82 ms without on the dev machine's Sapphire Rapids cores, but no difference (82 vs 82 ms) on
 # two pinned cores of another Xeon. Flip this to use it on CPU as well.
 CHANNELS_LAST_ON_CPU = False
 PRECISIONS = ("auto", "fp32", "bf16")
+# The prefetch thread pays off where the step waits for the host (H100: the loader fell from 18-25 % of a step to
+# 2 %, see bench/RESULTS.md); on the 2-core CPU quickstart it only competes with the compute threads for the same
+# cores and the measurements on a loaded dev machine were inconclusive, so CPU draws in-step. Flip to prefetch there.
+PREFETCH_ON_CPU = False
 
 
 # ----------------------------------------------------------------------------------------------------- distributed
@@ -186,6 +194,10 @@ def check_train_config(cfg: Config) -> None:
         "log_every",
         "sample_every",
         "nproc",
+        "guard_patience",
+        "nodes",
+        "gpus_per_node",
+        "job_timeout_s",
     ):
         if getattr(tc, key) < 1:
             raise ConfigError(f"train.{key} must be at least 1, got {getattr(tc, key)}")
@@ -195,18 +207,58 @@ def check_train_config(cfg: Config) -> None:
     for key in ("beta1", "beta2", "ema_decay"):
         if not 0 <= getattr(tc, key) < 1:
             raise ConfigError(f"train.{key} must be in [0, 1), got {getattr(tc, key)}")
-    if tc.r1_gamma < 0:
-        raise ConfigError(f"train.r1_gamma must not be negative, got {tc.r1_gamma}")
+    for key in ("r1_gamma", "max_rollbacks", "guard_grad_norm", "guard_margin", "guard_d_accuracy", "prefetch"):
+        if getattr(tc, key) < 0:
+            raise ConfigError(f"train.{key} must not be negative, got {getattr(tc, key)}")
+    if tc.launcher not in LAUNCHERS:
+        raise ConfigError(f"train.launcher must be one of {', '.join(LAUNCHERS)}, got {tc.launcher!r}")
     if tc.precision not in PRECISIONS:
         raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {tc.precision!r}")
 
 
 class _Diverged(Exception):
-    """A step produced a non-finite loss (internal signal for the rollback guard)."""
+    """A step tripped a guard: non-finite loss, exploding gradients or D collapse (internal rollback signal)."""
 
-    def __init__(self, step: int, stats: dict[str, float]) -> None:
-        super().__init__(f"non-finite loss at step {step}: {stats}")
-        self.step, self.stats = step, stats
+    def __init__(self, step: int, stats: dict[str, float], reason: str = "", kind: str = "nan") -> None:
+        self.reason = reason or f"non-finite loss at step {step}"
+        super().__init__(f"{self.reason}: {stats}")
+        self.step, self.stats, self.kind = step, stats, kind
+
+
+Batch = tuple[torch.Generator, torch.Tensor, torch.Tensor]
+
+
+class BatchPrefetcher:
+    """Prepares the batches of the next ``depth`` steps in a background thread.
+
+    ``make(step, salt)`` returns ``(generator, real, labels)``: the step's own generator *after* it drew the batch,
+    so the caller continues the same random stream and the result is bit-identical to drawing in-step. Batches are
+    keyed by ``(step, salt)``; a rollback (new step, new salt) or resume simply asks for a key that is not queued,
+    which drops the stale work. ``depth=0`` draws synchronously.
+    """
+
+    def __init__(self, make: Callable[[int, int], Batch], depth: int, end: int) -> None:
+        self.make, self.depth, self.end = make, depth, end
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="medgan-prefetch") if depth > 0 else None
+        self.pending: dict[tuple[int, int], Future[Batch]] = {}
+
+    def get(self, step: int, salt: int) -> Batch:
+        """The batch of ``step`` (drawn now if it was not prepared), queueing the following ones."""
+        if self.pool is None:
+            return self.make(step, salt)
+        future = self.pending.pop((step, salt), None)
+        for key in [k for k in self.pending if k[1] != salt or not step < k[0] <= step + self.depth]:
+            self.pending.pop(key).cancel()
+        for ahead in range(step + 1, min(step + self.depth, self.end - 1) + 1):
+            if (ahead, salt) not in self.pending:
+                self.pending[(ahead, salt)] = self.pool.submit(self.make, ahead, salt)
+        return future.result() if future is not None else self.make(step, salt)
+
+    def close(self) -> None:
+        """Stop the thread, dropping queued work."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pending.clear()
 
 
 # ------------------------------------------------------------------------------------------------------ trainer
@@ -216,8 +268,10 @@ class Trainer:
     """Trains the class-conditional GAN described by ``cfg.train`` on the train split of an archive.
 
     ``fit()`` resumes automatically from ``out_dir/checkpoint.pt`` when present, runs to ``cfg.train.steps`` and
-    returns a summary. Non-finite losses roll the state back to the last good checkpoint with halved learning rates;
-    the fourth divergence raises :class:`TrainingError`.
+    returns a summary. A non-finite loss, exploding gradients (``train.guard_grad_norm``) or a collapsed discriminator
+    (``train.guard_margin`` / ``train.guard_d_accuracy`` for ``train.guard_patience`` steps) roll the state back to
+    the last good checkpoint with halved learning rates; the divergence after ``train.max_rollbacks`` rollbacks
+    raises :class:`TrainingError`.
     """
 
     def __init__(
@@ -298,9 +352,12 @@ class Trainer:
 
         self.step = 0
         self.rollbacks = 0
+        self.collapse_streak = 0  # consecutive steps the collapse guard saw a collapsed D (checkpointed)
+        self.max_rollbacks = tc.max_rollbacks
         self.records: list[dict[str, float]] = []
         self.logged_grid_steps: set[int] = set()
         self._good: dict[str, Any] | None = None
+        self._prefetcher: BatchPrefetcher | None = None
 
     # -------------------------------------------------------------------------------------------------- data
 
@@ -336,22 +393,42 @@ class Trainer:
         self.weights = torch.tensor(train["weight"].to_numpy(np.float64))
         self.dataset_hash = archive.meta.get("dataset_hash", "")
 
-    def _batch(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw a weighted batch of real pairs (image, mask as float) and their labels."""
+    def _draw(self, step: int, salt: int) -> Batch:
+        """Step ``step``'s generator and the weighted batch of real pairs (image, mask as float) + labels it drew.
+
+        Runs in the prefetch thread: CPU only (pinned when training on CUDA); :meth:`_batch` moves it to the device.
+        """
+        g = step_generator(self.cfg.seed, self.ctx.rank, step, salt)
         pick = torch.multinomial(self.weights, self.batch, replacement=True, generator=g).numpy()
         rows = self.rows[pick]
         images = torch.from_numpy(np.asarray(self.archive.images[rows], dtype=np.float32))
         masks = torch.from_numpy(np.asarray(self.archive.masks[rows], dtype=np.float32))
-        real = torch.stack([images, masks], dim=1).to(self.device, memory_format=self.memory_format)
-        return real, self.row_labels[pick].to(self.device)
+        real, labels = torch.stack([images, masks], dim=1), self.row_labels[pick]
+        if self.device.type == "cuda":
+            real, labels = real.pin_memory(), labels.pin_memory()
+        return g, real, labels
+
+    def _batch(self, step: int) -> tuple[torch.Generator, torch.Tensor, torch.Tensor]:
+        """The step's generator and its real batch on the device (prefetched in the background when enabled)."""
+        if self._prefetcher is None:
+            g, real, labels = self._draw(step, self.rollbacks)
+        else:
+            g, real, labels = self._prefetcher.get(step, self.rollbacks)
+        real = real.to(self.device, memory_format=self.memory_format, non_blocking=True)
+        return g, real, labels.to(self.device, non_blocking=True)
+
+    def _grad_norm(self, module: nn.Module) -> torch.Tensor:
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        if not grads:
+            return torch.zeros((), device=self.device)
+        return torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)]))
 
     # -------------------------------------------------------------------------------------------------- step
 
     def _run_step(self, step: int) -> dict[str, float]:
         """One optimisation step (Dmain, lazy Dreg, Gmain, EMA); returns the rank-averaged statistics."""
         tc = self.cfg.train
-        g = step_generator(self.cfg.seed, self.ctx.rank, step, self.rollbacks)
-        real, real_labels = self._batch(g)
+        g, real, real_labels = self._batch(step)
         gen_labels = self.row_labels[torch.multinomial(self.weights, self.batch, True, generator=g)].to(self.device)
         z_d = torch.randn(self.batch, tc.z_dim, generator=g).to(self.device)
         z_g = torch.randn(self.batch, tc.z_dim, generator=g).to(self.device)
@@ -367,23 +444,61 @@ class Trainer:
             self.D.requires_grad_(phase != "Gmain")
             opt.zero_grad(set_to_none=True)
             stats.update(self.loss.accumulate_gradients(phase, real, real_labels, z, gen_labels, g))
+            if tc.guard_grad_norm > 0 and phase != "Dreg":
+                stats["grad_norm_d" if phase == "Dmain" else "grad_norm_g"] = self._grad_norm(
+                    self.D if phase == "Dmain" else self.G
+                )
             opt.step()
         self._update_ema(step)
 
         # One small all-reduce per step: averaged statistics for logging, and a verdict every rank agrees on.
         has_r1 = "r1" in stats
+        keys = LOSS_KEYS + GUARD_KEYS
         vec = torch.stack(
-            [torch.as_tensor(stats.get(k, 0.0), dtype=torch.float64, device=self.device).reshape(()) for k in LOSS_KEYS]
+            [torch.as_tensor(stats.get(k, 0.0), dtype=torch.float64, device=self.device).reshape(()) for k in keys]
         )
         if self.ctx.world_size > 1:
             dist.all_reduce(vec)
             vec = vec / self.ctx.world_size
-        values = {k: float(v) for k, v in zip(LOSS_KEYS, vec.tolist(), strict=True)}
+        values = {k: float(v) for k, v in zip(keys, vec.tolist(), strict=True)}
         if not has_r1:
             values["r1"] = math.nan
         if not all(math.isfinite(v) for k, v in values.items() if k != "r1" or has_r1):
             raise _Diverged(step, values)
+        self._check_guards(step, values)
         return values
+
+    def _check_guards(self, step: int, values: dict[str, float]) -> None:
+        """Exploding gradients and D collapse: the same verdict on every rank (the values are rank-averaged)."""
+        tc = self.cfg.train
+        grad = max(values["grad_norm_d"], values["grad_norm_g"])
+        if tc.guard_grad_norm > 0 and grad > tc.guard_grad_norm:
+            which = "D" if values["grad_norm_d"] >= values["grad_norm_g"] else "G"
+            raise _Diverged(
+                step,
+                values,
+                f"exploding gradients at step {step}: {which} gradient norm {grad:.4g} > "
+                f"train.guard_grad_norm={tc.guard_grad_norm:g}",
+                "grad_norm",
+            )
+        margin = values["d_real"] - values["d_fake"]
+        accurate = tc.guard_d_accuracy > 0 and min(values["d_acc_real"], values["d_acc_fake"]) >= tc.guard_d_accuracy
+        wide = tc.guard_margin > 0 and margin > tc.guard_margin
+        self.collapse_streak = self.collapse_streak + 1 if accurate or wide else 0
+        if self.collapse_streak >= tc.guard_patience:
+            what = (
+                f"D(real) - D(fake) margin above train.guard_margin={tc.guard_margin:g}"
+                if wide
+                else f"D accuracy on reals and fakes at least train.guard_d_accuracy={tc.guard_d_accuracy:g}"
+            )
+            raise _Diverged(
+                step,
+                values,
+                f"discriminator collapse at step {step}: {what} for {self.collapse_streak} consecutive steps "
+                f"(train.guard_patience={tc.guard_patience}; now margin {margin:.4g}, accuracy real "
+                f"{values['d_acc_real']:.3f} / fake {values['d_acc_fake']:.3f})",
+                "collapse",
+            )
 
     @torch.no_grad()
     def _update_ema(self, step: int) -> None:
@@ -402,6 +517,7 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "step": self.step,
             "rollbacks": self.rollbacks,
+            "collapse_streak": self.collapse_streak,
             "G": _cpu_state(self.G),
             "D": _cpu_state(self.D),
             "G_ema": _cpu_state(self.G_ema),
@@ -425,6 +541,7 @@ class Trainer:
         self.opt_d.load_state_dict(copy.deepcopy(state["opt_d"]))
         _set_rng_state(state["rng"])
         self.step = int(state["step"])
+        self.collapse_streak = int(state.get("collapse_streak", 0))
 
     def _save_checkpoint(self) -> None:
         """Snapshot the state in memory (every rank: the rollback target) and on disk (rank 0, atomically)."""
@@ -466,11 +583,12 @@ class Trainer:
                 group["lr"] = self.base_lr[key] * scale
 
     def _rollback(self, event: _Diverged) -> None:
-        if self.rollbacks >= MAX_ROLLBACKS:
+        stats = ", ".join(f"{k}={v:.4g}" for k, v in event.stats.items() if k in LOSS_KEYS)
+        if self.rollbacks >= self.max_rollbacks:
             raise TrainingError(
-                f"training diverged (non-finite loss at step {event.step}: "
-                f"{', '.join(f'{k}={v:.4g}' for k, v in event.stats.items())}) after {MAX_ROLLBACKS} rollbacks "
+                f"training diverged ({event.reason}: {stats}) after {self.max_rollbacks} rollbacks "
                 f"with halved learning rates; lower train.lr_g/train.lr_d or raise train.r1_gamma"
+                + ("" if event.kind == "nan" else " (or loosen the guard named above)")
             )
         assert self._good is not None
         self._restore(self._good)
@@ -479,14 +597,29 @@ class Trainer:
         self.records = [r for r in self.records if r["step"] <= self.step]
         if self.ctx.is_main:
             print(
-                f"\n[train] non-finite loss at step {event.step} "
-                f"({', '.join(f'{k}={v:.4g}' for k, v in event.stats.items())}): rolled back to step {self.step} "
+                f"\n[train] {event.reason} ({stats}): rolled back to step {self.step} "
                 f"and halved the learning rates (lr_g={self.opt_g.param_groups[0]['lr']:.3g}, "
-                f"lr_d={self.opt_d.param_groups[0]['lr']:.3g}); rollback {self.rollbacks}/{MAX_ROLLBACKS}",
+                f"lr_d={self.opt_d.param_groups[0]['lr']:.3g}); rollback {self.rollbacks}/{self.max_rollbacks}",
                 file=sys.stderr,
                 flush=True,
             )
+        # The MLflow event: a metric marks when, a tag and a JSON record say why.
         self.tracker.log_metrics({"train/rollback": self.rollbacks}, step=event.step)
+        self.tracker.set_tags({"train/rollback_reason": event.reason})
+        self.tracker.log_dict(
+            {
+                "event": "train/rollback",
+                "rollback": self.rollbacks,
+                "kind": event.kind,
+                "reason": event.reason,
+                "at_step": event.step,
+                "rolled_back_to_step": self.step,
+                "lr_g": self.opt_g.param_groups[0]["lr"],
+                "lr_d": self.opt_d.param_groups[0]["lr"],
+                "stats": {k: (v if math.isfinite(v) else str(v)) for k, v in event.stats.items()},
+            },
+            f"train/rollbacks/rollback_{self.rollbacks:02d}.json",
+        )
 
     # -------------------------------------------------------------------------------------------- outputs
 
@@ -544,10 +677,12 @@ class Trainer:
         if not window:
             return
         frame = pd.DataFrame(window)
-        metrics = {f"train/{k}": float(frame[k].mean()) for k in LOSS_KEYS if frame[k].notna().any()}
+        keys = [k for k in LOSS_KEYS + GUARD_KEYS if k in frame]
+        metrics = {f"train/{k}": float(frame[k].mean()) for k in keys if frame[k].notna().any()}
         metrics["train/img_per_s"] = self.cfg.train.batch_size * len(frame) / float(frame["step_time_s"].sum())
         self.tracker.log_metrics(metrics, step=self.step)
-        bar.set_postfix({k.split("/")[1]: f"{v:.3g}" for k, v in metrics.items() if k != "train/r1"}, refresh=False)
+        shown = {f"train/{k}" for k in ("loss_g", "loss_d", "d_real", "d_fake", "img_per_s")}
+        bar.set_postfix({k.split("/")[1]: f"{v:.3g}" for k, v in metrics.items() if k in shown}, refresh=False)
 
     # ------------------------------------------------------------------------------------------------ fit
 
@@ -580,6 +715,8 @@ class Trainer:
             mininterval=1.0,
             file=sys.stderr,
         )
+        prefetch = tc.prefetch if self.device.type == "cuda" or PREFETCH_ON_CPU else 0
+        self._prefetcher = BatchPrefetcher(self._draw, prefetch, tc.steps) if prefetch > 0 else None
         try:
             while self.step < tc.steps:
                 t0 = time.perf_counter()
@@ -606,6 +743,9 @@ class Trainer:
                     self._log_grid()
         finally:
             bar.close()
+            if self._prefetcher is not None:
+                self._prefetcher.close()
+            self._prefetcher = None
         self._log_window(window, bar)
         if self.step > start_step or not resumed:
             self._save_checkpoint()

@@ -10,7 +10,7 @@ from PIL import Image
 from components.archive import MANIFEST_COLUMNS, QUARANTINE_COLUMNS, open_archive
 from components.config import resolve
 from components.errors import DataError
-from components.ingest import core, decode
+from components.ingest import decode
 from components.ingest.core import REASONS, hash_patient, ingest
 from components.phantom import PHI_TAGS, write_phantom
 

@@ -1,0 +1,392 @@
+"""Train on Kubernetes: a Kubeflow Trainer v2 ``TrainJob`` or a Training Operator v1 ``PyTorchJob``.
+
+Both run ``torchrun -m components.train.worker ...`` (as ``python -m torch.distributed.run``) in the project image
+on ``train.nodes`` nodes x ``train.gpus_per_node`` GPUs; the operator supplies the rendezvous (``PET_*`` /
+``MASTER_ADDR`` environment), the worker is the same module the local launcher runs. The archive, split and model
+folders are read and written on a shared volume (``train.data_volume_claim`` mounted at ``train.data_mount_path``
+in every pod), so rank 0's outputs are where the caller expects them once the job has succeeded.
+
+:func:`submit_and_wait` creates the job through ``kubernetes.client.CustomObjectsApi`` (passed in, or built from
+the in-cluster / kubeconfig credentials), polls its status conditions and returns on success; a failed job raises
+:class:`~components.errors.TrainingError` with the job's own message, and so does a job that does not finish within
+``train.job_timeout_s`` (it is deleted then, so it stops holding GPUs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from components.config import Config
+from components.errors import ConfigError, TrainingError
+from components.image import BASE_IMAGE
+
+TRAINJOB_GROUP, TRAINJOB_VERSION, TRAINJOB_PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
+PYTORCHJOB_GROUP, PYTORCHJOB_VERSION, PYTORCHJOB_PLURAL = "kubeflow.org", "v1", "pytorchjobs"
+TRAINING_RUNTIME = "torch-distributed"  # ClusterTrainingRuntime installed with Kubeflow Trainer
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# The operators derive pod/service names from the job name (e.g. "<name>-node-0-0"): keep room for the suffix.
+MAX_JOB_NAME = 40
+SUCCESS_CONDITIONS = ("Complete", "Succeeded")
+FAILURE_CONDITIONS = ("Failed",)
+DATA_VOLUME = "medgan-data"
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """Where a custom resource lives in the API."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+
+
+TRAINJOB = JobKind(TRAINJOB_GROUP, TRAINJOB_VERSION, TRAINJOB_PLURAL, "TrainJob")
+PYTORCHJOB = JobKind(PYTORCHJOB_GROUP, PYTORCHJOB_VERSION, PYTORCHJOB_PLURAL, "PyTorchJob")
+KINDS = {"trainjob": TRAINJOB, "pytorchjob": PYTORCHJOB}
+
+
+def job_name(cfg: Config, archive_dir: str, out_dir: str, prefix: str = "medgan-train") -> str:
+    """A DNS-1123 name, stable for the same config and folders (a resubmission finds the same job)."""
+    digest = hashlib.sha256(f"{cfg.to_json()}\0{archive_dir}\0{out_dir}".encode()).hexdigest()[:10]
+    return f"{prefix}-{digest}"[:MAX_JOB_NAME]
+
+
+def check_kubernetes_config(cfg: Config, *paths: str) -> None:
+    """Reject settings a cluster would reject later (or that cannot work), naming the key."""
+    tc = cfg.train
+    if tc.launcher not in KINDS:
+        raise ConfigError(f"train.launcher={tc.launcher!r} is not a Kubernetes launcher ({', '.join(KINDS)})")
+    if not DNS1123_LABEL.match(tc.namespace) or len(tc.namespace) > 63:
+        raise ConfigError(f"train.namespace must be a DNS-1123 label, got {tc.namespace!r}")
+    if tc.service_account and not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", tc.service_account):
+        raise ConfigError(f"train.service_account must be a DNS-1123 name, got {tc.service_account!r}")
+    if tc.image_pull_policy not in PULL_POLICIES:
+        raise ConfigError(f"train.image_pull_policy must be one of {', '.join(PULL_POLICIES)}")
+    for key in ("nodes", "gpus_per_node", "job_timeout_s"):
+        if getattr(tc, key) < 1:
+            raise ConfigError(f"train.{key} must be at least 1, got {getattr(tc, key)}")
+    if tc.device == "cpu":
+        raise ConfigError("train.device=cpu cannot run on the GPU nodes a Kubernetes launcher asks for")
+    if tc.batch_size % (tc.nodes * tc.gpus_per_node):
+        raise ConfigError(
+            f"train.batch_size={tc.batch_size} must be divisible by train.nodes x train.gpus_per_node "
+            f"= {tc.nodes * tc.gpus_per_node} processes"
+        )
+    if tc.data_volume_claim:
+        if not DNS1123_LABEL.match(tc.data_volume_claim):
+            raise ConfigError(f"train.data_volume_claim must be a DNS-1123 name, got {tc.data_volume_claim!r}")
+        mount = PurePosixPath(tc.data_mount_path)
+        if not mount.is_absolute():
+            raise ConfigError(f"train.data_mount_path must be absolute, got {tc.data_mount_path!r}")
+        for path in paths:
+            if not PurePosixPath(path).is_relative_to(mount):
+                raise ConfigError(
+                    f"{path} is not under train.data_mount_path={mount}: the training pods see only the volume "
+                    f"{tc.data_volume_claim!r} mounted there"
+                )
+
+
+def worker_args(
+    archive_dir: str, split_dir: str, out_dir: str, cfg: Config, tracking: dict[str, str] | None
+) -> list[str]:
+    """The arguments of :mod:`components.train.worker` (the config travels inline: pods share no temp folder)."""
+    return [
+        "--archive",
+        str(archive_dir),
+        "--split",
+        str(split_dir),
+        "--out",
+        str(out_dir),
+        "--config-json",
+        cfg.to_json(),
+        "--tracking-json",
+        json.dumps(tracking),
+    ]
+
+
+def _command(cfg: Config) -> list[str]:
+    # torchrun takes --nnodes/--nproc-per-node/--node-rank/--master-* from the PET_* variables the operators set.
+    return ["python", "-m", "torch.distributed.run", "-m", "components.train.worker"]
+
+
+def _env(tracking: dict[str, str] | None) -> list[dict[str, str]]:
+    env = [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "MEDGAN_LAUNCHER", "value": "kubernetes"}]
+    if tracking:
+        env += [
+            {"name": "MLFLOW_TRACKING_URI", "value": tracking["tracking_uri"]},
+            {"name": "MLFLOW_EXPERIMENT_NAME", "value": tracking["experiment"]},
+            {"name": "MEDGAN_RUN_KEY", "value": tracking["run_key"]},
+        ]
+    return env
+
+
+def _volumes(cfg: Config) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    tc = cfg.train
+    if not tc.data_volume_claim:
+        return [], []
+    volumes = [{"name": DATA_VOLUME, "persistentVolumeClaim": {"claimName": tc.data_volume_claim}}]
+    return volumes, [{"name": DATA_VOLUME, "mountPath": tc.data_mount_path}]
+
+
+def _labels(cfg: Config) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "medgan-ops", "app.kubernetes.io/component": "train", "medgan/preset": cfg.preset}
+
+
+def build_trainjob(
+    archive_dir: str,
+    split_dir: str,
+    out_dir: str,
+    cfg: Config,
+    tracking: dict[str, str] | None = None,
+    *,
+    name: str | None = None,
+    image: str = BASE_IMAGE,
+) -> dict[str, Any]:
+    """A Kubeflow Trainer v2 ``TrainJob`` on the ``torch-distributed`` ClusterTrainingRuntime."""
+    tc = cfg.train
+    check_kubernetes_config(cfg, archive_dir, split_dir, out_dir)
+    volumes, mounts = _volumes(cfg)
+    job: dict[str, Any] = {
+        "apiVersion": f"{TRAINJOB_GROUP}/{TRAINJOB_VERSION}",
+        "kind": "TrainJob",
+        "metadata": {
+            "name": name or job_name(cfg, archive_dir, out_dir),
+            "namespace": tc.namespace,
+            "labels": _labels(cfg),
+        },
+        "spec": {
+            "runtimeRef": {"name": TRAINING_RUNTIME, "kind": "ClusterTrainingRuntime", "apiGroup": TRAINJOB_GROUP},
+            "trainer": {
+                "image": image,
+                "command": _command(cfg),
+                "args": worker_args(archive_dir, split_dir, out_dir, cfg, tracking),
+                "env": _env(tracking),
+                "numNodes": tc.nodes,
+                "numProcPerNode": tc.gpus_per_node,
+                "resourcesPerNode": {
+                    "limits": {"nvidia.com/gpu": str(tc.gpus_per_node)},
+                    "requests": {"nvidia.com/gpu": str(tc.gpus_per_node)},
+                },
+            },
+        },
+    }
+    overrides: dict[str, Any] = {}
+    if volumes:
+        overrides["volumes"] = volumes
+        overrides["containers"] = [{"name": "node", "volumeMounts": mounts}]
+    if tc.service_account:
+        overrides["serviceAccountName"] = tc.service_account
+    if overrides:
+        job["spec"]["podSpecOverrides"] = [{"targetJobs": [{"name": "node"}], **overrides}]
+    return job
+
+
+def build_pytorchjob(
+    archive_dir: str,
+    split_dir: str,
+    out_dir: str,
+    cfg: Config,
+    tracking: dict[str, str] | None = None,
+    *,
+    name: str | None = None,
+    image: str = BASE_IMAGE,
+) -> dict[str, Any]:
+    """A Training Operator v1 ``PyTorchJob``: one Master plus ``nodes - 1`` Workers, ``gpus_per_node`` each."""
+    tc = cfg.train
+    check_kubernetes_config(cfg, archive_dir, split_dir, out_dir)
+    volumes, mounts = _volumes(cfg)
+    container: dict[str, Any] = {
+        "name": "pytorch",  # the operator finds the training container by this name
+        "image": image,
+        "imagePullPolicy": tc.image_pull_policy,
+        "command": _command(cfg),
+        "args": worker_args(archive_dir, split_dir, out_dir, cfg, tracking),
+        "env": _env(tracking),
+        "resources": {
+            "limits": {"nvidia.com/gpu": str(tc.gpus_per_node)},
+            "requests": {"nvidia.com/gpu": str(tc.gpus_per_node)},
+        },
+    }
+    if mounts:
+        container["volumeMounts"] = mounts
+    pod_spec: dict[str, Any] = {"containers": [container]}
+    if volumes:
+        pod_spec["volumes"] = volumes
+    if tc.service_account:
+        pod_spec["serviceAccountName"] = tc.service_account
+
+    def replica(count: int) -> dict[str, Any]:
+        return {"replicas": count, "restartPolicy": "OnFailure", "template": {"spec": json.loads(json.dumps(pod_spec))}}
+
+    replicas = {"Master": replica(1)}
+    if tc.nodes > 1:
+        replicas["Worker"] = replica(tc.nodes - 1)
+    return {
+        "apiVersion": f"{PYTORCHJOB_GROUP}/{PYTORCHJOB_VERSION}",
+        "kind": "PyTorchJob",
+        "metadata": {
+            "name": name or job_name(cfg, archive_dir, out_dir),
+            "namespace": tc.namespace,
+            "labels": _labels(cfg),
+        },
+        "spec": {
+            "nprocPerNode": str(tc.gpus_per_node),
+            "runPolicy": {"cleanPodPolicy": "None", "backoffLimit": tc.max_rollbacks},
+            "pytorchReplicaSpecs": replicas,
+        },
+    }
+
+
+def build_job(
+    archive_dir: str, split_dir: str, out_dir: str, cfg: Config, tracking: dict[str, str] | None = None, **kw: Any
+) -> dict[str, Any]:
+    """The job ``train.launcher`` asks for."""
+    build = build_trainjob if cfg.train.launcher == "trainjob" else build_pytorchjob
+    if cfg.train.launcher not in KINDS:
+        raise ConfigError(f"train.launcher={cfg.train.launcher!r} is not a Kubernetes launcher ({', '.join(KINDS)})")
+    return build(archive_dir, split_dir, out_dir, cfg, tracking, **kw)
+
+
+def _kind_of(job: dict[str, Any]) -> JobKind:
+    for kind in KINDS.values():
+        if job.get("kind") == kind.kind and job.get("apiVersion") == f"{kind.group}/{kind.version}":
+            return kind
+    raise ConfigError(f"not a TrainJob or PyTorchJob: {job.get('apiVersion')}/{job.get('kind')}")
+
+
+def job_state(job: dict[str, Any]) -> tuple[str, str]:
+    """``("succeeded" | "failed" | "running", message)`` from a job's ``status.conditions``."""
+    conditions = (job.get("status") or {}).get("conditions") or []
+    active = [c for c in conditions if str(c.get("status")) == "True"]
+    for c in active:
+        if c.get("type") in FAILURE_CONDITIONS:
+            return "failed", f"{c.get('reason') or 'Failed'}: {c.get('message') or 'no message'}"
+    for c in active:
+        if c.get("type") in SUCCESS_CONDITIONS:
+            return "succeeded", c.get("message") or c.get("reason") or c["type"]
+    latest = active[-1] if active else None
+    return "running", (f"{latest.get('type')}: {latest.get('message') or latest.get('reason') or ''}" if latest else "")
+
+
+def default_api() -> Any:
+    """A ``CustomObjectsApi`` from in-cluster credentials, else from the local kubeconfig."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.CustomObjectsApi()
+
+
+def submit_and_wait(
+    job: dict[str, Any],
+    api: Any | None = None,
+    *,
+    timeout_s: float = 86400,
+    poll_s: float = 15.0,
+    log: Callable[[str], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    delete_on_timeout: bool = True,
+) -> dict[str, Any]:
+    """Create ``job`` (or adopt an existing one of the same name), wait for it to finish, return its last state."""
+    kind = _kind_of(job)
+    api = api if api is not None else default_api()
+    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
+    where = (kind.group, kind.version, namespace, kind.plural)
+    ref = f"{kind.kind} {namespace}/{name}"
+    try:
+        api.create_namespaced_custom_object(*where, job)
+        say(f"[train] submitted {ref}")
+    except Exception as exc:
+        if getattr(exc, "status", None) != 409:  # 409 Conflict: it exists already (a retried pipeline step)
+            raise TrainingError(f"could not create {ref}: {getattr(exc, 'reason', None) or exc}") from exc
+        say(f"[train] {ref} exists already; waiting for it")
+    deadline = clock() + timeout_s
+    last = None
+    while True:
+        try:
+            current = api.get_namespaced_custom_object(*where, name)
+        except Exception as exc:
+            raise TrainingError(f"could not read the status of {ref}: {getattr(exc, 'reason', None) or exc}") from exc
+        state, message = job_state(current)
+        if (state, message) != last:
+            say(f"[train] {ref}: {state}{f' ({message})' if message else ''}")
+            last = (state, message)
+        if state == "succeeded":
+            return current
+        if state == "failed":
+            raise TrainingError(f"{ref} failed: {message}")
+        if clock() >= deadline:
+            if delete_on_timeout:
+                try:
+                    api.delete_namespaced_custom_object(*where, name)
+                except Exception as exc:  # the timeout is the error to report; say the clean-up failed too
+                    say(f"[train] could not delete {ref}: {exc}")
+            raise TrainingError(
+                f"{ref} did not finish within train.job_timeout_s={timeout_s:g} s"
+                + (" and was deleted" if delete_on_timeout else "")
+                + f"; last state: {state}{f' ({message})' if message else ''}"
+            )
+        sleep(poll_s)
+
+
+def train_on_kubernetes(
+    archive_dir: str,
+    split_dir: str,
+    out_dir: str,
+    cfg: Config,
+    tracking: dict[str, str] | None = None,
+    api: Any | None = None,
+    **wait: Any,
+) -> dict[str, Any]:
+    """Submit the job ``train.launcher`` names and wait for it (see :func:`submit_and_wait`)."""
+    job = build_job(str(archive_dir), str(split_dir), str(out_dir), cfg, tracking)
+    return submit_and_wait(job, api, timeout_s=cfg.train.job_timeout_s, **wait)
+
+
+EXAMPLE_IMAGE = "ghcr.io/medgan-ops/medgan-ops:0.1.0"
+EXAMPLE_TRACKING = {"tracking_uri": "http://mlflow.medgan.svc:5000", "experiment": "medgan", "run_key": "example"}
+
+
+def example_job(launcher: str = "trainjob", image: str = EXAMPLE_IMAGE) -> dict[str, Any]:
+    """The job k8s/trainer/example/ holds: the default config on the ``medgan-data`` volume, 1 node x 1 GPU."""
+    from components.config import resolve
+
+    cfg = resolve("quickstart", [f"train.launcher={launcher}", "train.data_volume_claim=medgan-data"])
+    root = PurePosixPath(cfg.train.data_mount_path)
+    return build_job(
+        str(root / "archive"),
+        str(root / "split"),
+        str(root / "model"),
+        cfg,
+        EXAMPLE_TRACKING,
+        name=f"medgan-train-example-{launcher}",
+        image=image,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the example job as YAML: ``python -m components.train.kubernetes [trainjob|pytorchjob]``."""
+    import yaml
+
+    args = sys.argv[1:] if argv is None else argv
+    header = "# Generated by `python -m components.train.kubernetes` from the default config; do not edit by hand.\n"
+    sys.stdout.write(header + yaml.safe_dump(example_job(*(args[:1] or ["trainjob"])), sort_keys=False, width=120))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""Kubernetes launch without a cluster: the generated TrainJob / PyTorchJob specs and the submit-and-wait logic.
+
+The status logic is exercised against an in-memory stand-in for ``CustomObjectsApi`` (the object is injected); it
+tests our handling of the conditions the operators report, not the operators.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes.client import ApiClient
+
+from components.config import Config, resolve
+from components.errors import ConfigError, TrainingError
+from components.train import kubernetes as k8s
+from components.train.core import train
+from components.train.worker import parse_args
+
+ROOT = Path(__file__).resolve().parents[3]
+DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+TRACKING = {"tracking_uri": "http://mlflow:5000", "experiment": "medgan", "run_key": "run-7"}
+PATHS = ("/workspace/data/archive", "/workspace/data/split", "/workspace/data/model")
+
+
+def _cfg(launcher: str, *more: str) -> Config:
+    return resolve("quickstart", [f"train.launcher={launcher}", "train.data_volume_claim=medgan-data", *more])
+
+
+def _worker_argv(command: list[str], args: list[str]) -> list[str]:
+    assert command[:3] == ["python", "-m", "torch.distributed.run"]
+    assert command[-2:] == ["-m", "components.train.worker"]
+    return args
+
+
+def _check_round_trip(args: list[str], cfg: Config) -> None:
+    parsed = parse_args(args)
+    assert (parsed.archive, parsed.split, parsed.out) == PATHS
+    assert Config.from_json(parsed.config_json) == cfg
+    assert json.loads(parsed.tracking_json) == TRACKING
+
+
+def _deserialize(data: dict, klass: str):
+    """Parse with the kubernetes client's models: missing required fields or wrong types raise."""
+    return ApiClient()._ApiClient__deserialize(data, klass)
+
+
+def test_trainjob_spec_is_a_valid_trainer_v2_object():
+    cfg = _cfg("trainjob", "train.nodes=2", "train.gpus_per_node=4", "train.service_account=medgan-trainer")
+    job = k8s.build_trainjob(*PATHS, cfg, TRACKING, image="registry.example/medgan:1")
+    assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and job["kind"] == "TrainJob"
+    name = job["metadata"]["name"]
+    assert DNS1123.match(name) and len(name) <= k8s.MAX_JOB_NAME and job["metadata"]["namespace"] == "kubeflow"
+    spec = job["spec"]
+    assert spec["runtimeRef"] == {
+        "name": "torch-distributed",
+        "kind": "ClusterTrainingRuntime",
+        "apiGroup": "trainer.kubeflow.org",
+    }
+    trainer = spec["trainer"]
+    assert trainer["image"] == "registry.example/medgan:1"
+    assert trainer["numNodes"] == 2 and isinstance(trainer["numNodes"], int) and trainer["numProcPerNode"] == 4
+    for part in ("limits", "requests"):
+        assert trainer["resourcesPerNode"][part] == {"nvidia.com/gpu": "4"}
+    _check_round_trip(_worker_argv(trainer["command"], trainer["args"]), cfg)
+    env = {e["name"]: e["value"] for e in trainer["env"]}
+    assert env["MLFLOW_TRACKING_URI"] == TRACKING["tracking_uri"] and env["MEDGAN_RUN_KEY"] == "run-7"
+    assert all(isinstance(e["value"], str) for e in trainer["env"])
+    (override,) = spec["podSpecOverrides"]
+    assert override["targetJobs"] == [{"name": "node"}] and override["serviceAccountName"] == "medgan-trainer"
+    assert override["volumes"] == [{"name": "medgan-data", "persistentVolumeClaim": {"claimName": "medgan-data"}}]
+    assert override["containers"] == [
+        {"name": "node", "volumeMounts": [{"name": "medgan-data", "mountPath": "/workspace/data"}]}
+    ]
+    for volume in override["volumes"]:
+        assert _deserialize(volume, "V1Volume").persistent_volume_claim.claim_name == "medgan-data"
+    # The default image is the project's one (components.image).
+    assert k8s.build_trainjob(*PATHS, cfg, TRACKING)["spec"]["trainer"]["image"] == k8s.BASE_IMAGE
+
+
+@pytest.mark.parametrize("nodes", [1, 4])
+def test_pytorchjob_spec_is_a_valid_training_operator_v1_object(nodes):
+    cfg = _cfg("pytorchjob", f"train.nodes={nodes}", "train.gpus_per_node=2", "train.image_pull_policy=Always")
+    job = k8s.build_pytorchjob(*PATHS, cfg, TRACKING)
+    assert job["apiVersion"] == "kubeflow.org/v1" and job["kind"] == "PyTorchJob"
+    assert DNS1123.match(job["metadata"]["name"])
+    spec = job["spec"]
+    assert spec["nprocPerNode"] == "2"
+    replicas = spec["pytorchReplicaSpecs"]
+    assert replicas["Master"]["replicas"] == 1
+    if nodes == 1:
+        assert set(replicas) == {"Master"}
+    else:
+        assert replicas["Worker"]["replicas"] == nodes - 1
+    for role, replica in replicas.items():
+        template = _deserialize(replica["template"], "V1PodTemplateSpec")
+        (container,) = template.spec.containers
+        assert container.name == "pytorch", role
+        assert container.image == k8s.BASE_IMAGE and container.image_pull_policy == "Always"
+        assert container.resources.limits == {"nvidia.com/gpu": "2"} == container.resources.requests
+        assert container.volume_mounts[0].mount_path == "/workspace/data"
+        assert template.spec.volumes[0].persistent_volume_claim.claim_name == "medgan-data"
+        _check_round_trip(_worker_argv(container.command, container.args), cfg)
+    # Masters and workers are separate objects (no shared, aliased dicts in the spec).
+    if nodes > 1:
+        assert replicas["Master"]["template"] is not replicas["Worker"]["template"]
+
+
+def test_job_names_are_dns1123_and_stable():
+    cfg = _cfg("trainjob")
+    a, b = k8s.job_name(cfg, PATHS[0], PATHS[2]), k8s.job_name(cfg, PATHS[0], PATHS[2])
+    assert a == b and DNS1123.match(a) and len(a) <= 40
+    assert k8s.job_name(cfg, PATHS[0], "/workspace/data/other") != a
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("train.namespace=Bad_NS", "train.namespace"),
+        ("train.batch_size=30", "divisible"),
+        ("train.gpus_per_node=0", "train.gpus_per_node"),
+        ("train.image_pull_policy=sometimes", "train.image_pull_policy"),
+        ("train.device=cpu", "train.device=cpu"),
+    ],
+)
+def test_bad_kubernetes_settings_are_rejected_by_name(override, match):
+    cfg = _cfg("trainjob", "train.gpus_per_node=4", override)
+    with pytest.raises(ConfigError, match=match):
+        k8s.build_trainjob(*PATHS, cfg, TRACKING)
+
+
+def test_paths_outside_the_shared_volume_are_rejected():
+    with pytest.raises(ConfigError, match="not under train.data_mount_path"):
+        k8s.build_pytorchjob("/tmp/archive", PATHS[1], PATHS[2], _cfg("pytorchjob"), TRACKING)
+
+
+def test_example_manifests_match_what_the_code_renders():
+    """k8s/trainer/example/*.yaml are generated from the defaults; regenerate them when the spec changes."""
+    for launcher, file in (("trainjob", "trainjob.yaml"), ("pytorchjob", "pytorchjob.yaml")):
+        on_disk = yaml.safe_load((ROOT / "k8s/trainer/example" / file).read_text())
+        fresh = k8s.example_job(launcher)
+
+        def without_config(job):
+            job = json.loads(json.dumps(job))
+            if job["kind"] == "TrainJob":
+                holders = [job["spec"]["trainer"]]
+            else:
+                holders = [r["template"]["spec"]["containers"][0] for r in job["spec"]["pytorchReplicaSpecs"].values()]
+            configs = []
+            for holder in holders:
+                i = holder["args"].index("--config-json")
+                configs.append(json.loads(holder["args"][i + 1]))
+                holder["args"][i + 1] = "<config>"
+            return job, configs
+
+        disk_job, disk_cfgs = without_config(on_disk)
+        fresh_job, fresh_cfgs = without_config(fresh)
+        assert disk_job == fresh_job, f"regenerate k8s/trainer/example/{file}: python -m components.train.kubernetes"
+        # Other stages' sections may grow fields; the train section must be exactly what the code renders.
+        assert [c["train"] for c in disk_cfgs] == [c["train"] for c in fresh_cfgs]
+
+
+def test_trainer_kustomization_lists_existing_manifests_and_rbac_covers_both_job_kinds():
+    base = ROOT / "k8s/trainer"
+    for folder in (base, base / "example"):
+        kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+        for resource in kustomization["resources"]:
+            assert (folder / resource).exists(), f"{folder}: {resource} missing"
+    docs = list(yaml.safe_load_all((base / "rbac.yaml").read_text()))
+    kinds = {d["kind"]: d for d in docs}
+    assert set(kinds) == {"ServiceAccount", "Role", "RoleBinding"}
+    granted = {
+        (g, r): set(rule["verbs"])
+        for rule in kinds["Role"]["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+    }
+    for key in (("trainer.kubeflow.org", "trainjobs"), ("kubeflow.org", "pytorchjobs")):
+        assert {"create", "get", "watch", "delete"} <= granted[key]
+    binding = kinds["RoleBinding"]
+    assert binding["roleRef"]["name"] == kinds["Role"]["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == kinds["ServiceAccount"]["metadata"]["name"]
+
+
+# ------------------------------------------------------------------------------------------ submit and wait
+
+
+class ApiError(Exception):
+    def __init__(self, status, reason):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+class FakeCustomObjectsApi:
+    """Holds created objects; every ``get`` reports the next of a scripted list of status condition sets."""
+
+    def __init__(self, statuses, create_error=None):
+        self.statuses = list(statuses)
+        self.create_error = create_error
+        self.created, self.deleted, self.gets = [], [], 0
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        if self.create_error:
+            raise self.create_error
+        self.created.append((group, version, namespace, plural, body))
+        return body
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        self.gets += 1
+        conditions = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        body = json.loads(json.dumps(self.created[-1][4])) if self.created else {"metadata": {"name": name}}
+        body["status"] = {"conditions": conditions}
+        return body
+
+    def delete_namespaced_custom_object(self, group, version, namespace, plural, name):
+        self.deleted.append((group, version, namespace, plural, name))
+
+
+def _cond(kind, status="True", reason="", message=""):
+    return {"type": kind, "status": status, "reason": reason, "message": message}
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def _wait(job, api, timeout_s=100.0):
+    clock, lines = FakeClock(), []
+    result = k8s.submit_and_wait(
+        job, api, timeout_s=timeout_s, poll_s=10, log=lines.append, clock=clock, sleep=clock.sleep
+    )
+    return result, lines, clock
+
+
+@pytest.mark.parametrize("launcher", ["trainjob", "pytorchjob"])
+def test_wait_returns_when_the_job_succeeds(launcher):
+    job = k8s.build_job(*PATHS, _cfg(launcher), TRACKING)
+    done = "Complete" if launcher == "trainjob" else "Succeeded"
+    api = FakeCustomObjectsApi(
+        [[], [_cond("Created")], [_cond("Created"), _cond("Running")], [_cond(done, message="ok")]]
+    )
+    result, lines, clock = _wait(job, api)
+    kind = k8s.KINDS[launcher]
+    assert api.created[0][:4] == (kind.group, kind.version, "kubeflow", kind.plural)
+    assert result["status"]["conditions"][-1]["type"] == done and api.gets == 4 and not api.deleted
+    assert lines[0].startswith("[train] submitted") and any("Running" in line for line in lines)
+    assert "succeeded" in lines[-1] and clock.now == 30
+
+
+def test_a_failed_job_raises_training_error_with_the_job_message():
+    job = k8s.build_job(*PATHS, _cfg("pytorchjob"), TRACKING)
+    failed = [
+        _cond("Created", "True"),
+        _cond("Running", "False"),
+        _cond("Failed", reason="BackoffLimitExceeded", message="pod OOMKilled"),
+    ]
+    api = FakeCustomObjectsApi([[_cond("Running")], failed])
+    with pytest.raises(TrainingError, match=r"PyTorchJob kubeflow/.* failed: BackoffLimitExceeded: pod OOMKilled"):
+        _wait(job, api)
+
+
+def test_a_job_that_outlives_the_timeout_is_deleted_and_reported():
+    job = k8s.build_job(*PATHS, _cfg("trainjob"), TRACKING)
+    api = FakeCustomObjectsApi([[_cond("Created")]])
+    with pytest.raises(TrainingError, match=r"did not finish within train.job_timeout_s=100 s and was deleted"):
+        _wait(job, api, timeout_s=100)
+    assert api.deleted == [("trainer.kubeflow.org", "v1alpha1", "kubeflow", "trainjobs", job["metadata"]["name"])]
+    assert api.gets == 11  # polled at t = 0, 10, ..., 100
+
+
+def test_an_existing_job_is_adopted_and_other_create_errors_are_reported():
+    job = k8s.build_job(*PATHS, _cfg("trainjob"), TRACKING)
+    api = FakeCustomObjectsApi([[_cond("Complete")]], create_error=ApiError(409, "AlreadyExists"))
+    _, lines, _ = _wait(job, api)
+    assert "exists already" in lines[0]
+    api = FakeCustomObjectsApi([[_cond("Complete")]], create_error=ApiError(403, "Forbidden"))
+    with pytest.raises(TrainingError, match="could not create TrainJob .*Forbidden"):
+        _wait(job, api)
+
+
+def test_train_dispatches_to_the_kubernetes_launcher(monkeypatch, tmp_path):
+    api = FakeCustomObjectsApi([[_cond("Failed", reason="Error", message="worker exited 2")]])
+    monkeypatch.setattr(k8s, "default_api", lambda: api)
+    cfg = resolve("tiny", ["train.launcher=trainjob", "train.job_timeout_s=60"])
+    with pytest.raises(TrainingError, match="worker exited 2"):
+        train(tmp_path / "archive", tmp_path / "split", tmp_path / "model", cfg, TRACKING)
+    (created,) = api.created
+    assert created[4]["kind"] == "TrainJob"
+    args = parse_args(created[4]["spec"]["trainer"]["args"])
+    assert args.out == str(tmp_path / "model") and Config.from_json(args.config_json) == cfg
