@@ -40,7 +40,7 @@ def load_inputs(config_json: str, tracking_json: str) -> tuple[Config, dict[str,
     """Parse the config and tracking parameters every component receives, and open the run's tracker."""
     cfg = Config.from_json(config_json)
     tracking = json.loads(tracking_json)
-    tracker = RunTracker(tracking["tracking_uri"], tracking["experiment"], tracking["run_key"])
+    tracker = RunTracker.of(tracking)
     return cfg, tracking, tracker
 
 

@@ -68,6 +68,11 @@ class RunTracker:
             run = self.client.create_run(self.experiment_id, run_name=run_name or run_key, tags={RUN_KEY_TAG: run_key})
             self.run_id = run.info.run_id
 
+    @classmethod
+    def of(cls, tracking: dict[str, str]) -> RunTracker:
+        """The tracker of a pipeline run described as ``{"tracking_uri", "experiment", "run_key"}``."""
+        return cls(tracking["tracking_uri"], tracking["experiment"], tracking["run_key"])
+
     def log_params(self, params: dict[str, Any]) -> None:
         """Log parameters (values are stringified; MLflow limits them to 6000 characters)."""
         from mlflow.entities import Param

@@ -136,7 +136,7 @@ def _fetch_outcome(tracking: dict[str, str], run_dir: Path) -> dict[str, Any]:
 
     from components.tracking import RunTracker
 
-    tracker = RunTracker(tracking["tracking_uri"], tracking["experiment"], tracking["run_key"])
+    tracker = RunTracker.of(tracking)
     with tempfile.TemporaryDirectory() as tmp:
         fetched = {
             name: Path(

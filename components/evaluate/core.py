@@ -399,7 +399,7 @@ def evaluate(
     if tracking:
         from components.tracking import RunTracker
 
-        tracker = RunTracker(tracking["tracking_uri"], tracking["experiment"], tracking["run_key"])
+        tracker = RunTracker.of(tracking)
         tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items() if v is not None})
         tracker.log_artifact(out / "metrics.json", "eval")
         tracker.log_artifact(out / "report.json", "eval")

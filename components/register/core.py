@@ -106,7 +106,7 @@ def register(
     from components.register.pyfunc import GeneratorModel, signature
 
     metrics = json.loads((Path(eval_dir) / "metrics.json").read_text())
-    tracker = RunTracker(tracking["tracking_uri"], tracking["experiment"], tracking["run_key"])
+    tracker = RunTracker.of(tracking)
     client = tracker.client
     name = cfg.registry.model_name
     mlflow.set_tracking_uri(tracking["tracking_uri"])
@@ -174,7 +174,7 @@ def apply_decision(
     The alias moves only after the challenger version is re-checked to still be the one decided on, so a stale
     decision can never promote a different model.
     """
-    tracker = RunTracker(tracking["tracking_uri"], tracking["experiment"], tracking["run_key"])
+    tracker = RunTracker.of(tracking)
     client = tracker.client
     name, version = decision["model_name"], str(decision["challenger_version"])
     current = client.get_model_version_by_alias(name, CHALLENGER)

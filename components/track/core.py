@@ -11,7 +11,7 @@ from components.tracking import RunTracker
 
 def open_run(cfg: Config, tracking: dict[str, str], dataset_version: dict[str, Any]) -> str:
     """Create (or find) the MLflow run of this pipeline run and log the resolved config; return its run id."""
-    tracker = RunTracker(tracking["tracking_uri"], tracking["experiment"], tracking["run_key"])
+    tracker = RunTracker.of(tracking)
     tracker.log_params(cfg.flat())
     tracker.log_dict({"config": json.loads(cfg.to_json())}, "config/resolved_config.json")
     tracker.set_tags({"medgan.preset": cfg.preset, **{f"dataset.{k}": v for k, v in dataset_version.items()}})

@@ -31,7 +31,7 @@ def make_tracker(tracking: dict[str, str] | None, rank: int) -> Tracker:
     """Rank 0 logs to the pipeline run's MLflow run (when tracking is configured); every other rank logs nothing."""
     if rank != 0 or not tracking:
         return NullTracker()
-    return RunTracker(tracking["tracking_uri"], tracking["experiment"], tracking["run_key"])
+    return RunTracker.of(tracking)
 
 
 def train_rank(
