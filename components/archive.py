@@ -109,8 +109,15 @@ def sample_stats(image: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
         "img_mean": float(image.mean()),
         "img_std": float(image.std()),
         "mask_fraction": float(mask.mean()),
-        "mask_binary": bool(np.isin(mask, (0, 1)).all()),
+        "mask_binary": _binary(mask),
     }
+
+
+def _binary(mask: np.ndarray) -> bool:
+    """Whether every value of ``mask`` is 0 or 1 (for unsigned integers a max, much cheaper than ``np.isin``)."""
+    if mask.size and np.issubdtype(mask.dtype, np.unsignedinteger):
+        return bool(mask.max() <= 1)
+    return bool(np.isin(mask, (0, 1)).all())
 
 
 def content_hash(image: np.ndarray, mask: np.ndarray) -> str:
@@ -158,14 +165,17 @@ class ArchiveWriter:
         self._masks = np.lib.format.open_memmap(self._tmp / "masks.full.npy", "w+", np.uint8, shape)
         return self
 
-    def add(self, image: np.ndarray, mask: np.ndarray, row: dict[str, Any]) -> None:
-        """Append one normalised sample and its manifest row (stats and hashes are filled in here)."""
+    def add(self, image: np.ndarray, mask: np.ndarray, row: dict[str, Any], digest: str | None = None) -> None:
+        """Append one normalised sample and its manifest row (stats and hashes are filled in here).
+
+        ``digest`` is the sample's :func:`content_hash` when the caller has computed it already.
+        """
         i = len(self.rows)
         if i >= self.capacity:
             self._grow(2 * self.capacity)
         self._images[i] = image
         self._masks[i] = mask
-        digest = content_hash(image, mask)
+        digest = digest or content_hash(image, mask)
         self.rows.append({**row, **sample_stats(image, mask), "content_hash": digest, "sample_id": digest[:16]})
         if len(self.rows) % _DROP_EVERY == 0:
             _drop_pages(self._images)

@@ -25,11 +25,13 @@ they stay binary. Every refusal is an :class:`ImageRejected` with a reason code 
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -205,16 +207,23 @@ def _check_header(ds: Dataset, path: Path, cfg: Config) -> Dataset:
     return ds
 
 
-def read_frames(path: str | os.PathLike[str], cfg: Config) -> list[DicomImage]:
+def read_frames(path: str | os.PathLike[str], cfg: Config, source_hash: Any = None) -> list[DicomImage]:
     """Decode every frame of ``path`` into float32 images in [-1, 1] of size ``cfg.data.image_size``.
 
-    A single-frame file gives a list of one; see the module docstring for the steps.
+    A single-frame file gives a list of one; see the module docstring for the steps. ``source_hash`` (a
+    :mod:`hashlib` object) is fed the file's bytes, so that a caller wanting the file's hash reads it only once.
     """
     path = Path(path)
     check_policy(cfg)
     _check_size(path, cfg)
+    try:
+        raw = path.read_bytes()  # bounded by _check_size; read once for the hash and the parser
+    except OSError as exc:
+        raise ImageRejected("unreadable", path, f"cannot read the file ({_exc_name(exc)})") from None
+    if source_hash is not None:
+        source_hash.update(raw)
     # One parse: the file size is bounded above, and nothing is decoded before the header checks pass.
-    ds = header = _check_header(_parse(path, stop_before_pixels=False), path, cfg)
+    ds = header = _check_header(_parse(path, stop_before_pixels=False, raw=raw), path, cfg)
     if not any(k in ds for k in _PIXEL_KEYWORDS):
         raise ImageRejected(
             "no_pixel_data", path, "the header declares an image but the file has no pixel data (truncated?)"
@@ -253,11 +262,13 @@ def read_frames(path: str | os.PathLike[str], cfg: Config) -> list[DicomImage]:
             raise ImageRejected("decode_error", path, f"pixel data of frame {i} contains NaN or infinite values")
         # Colour values are display values already: no clinical window, the full stored range instead.
         center, width, source = window or (full_range / 2.0, full_range, "full_range")
+        # ``values`` is this frame's own float64 array (or a view of the decoded frame, not used again): window it in
+        # place, which gives the same numbers as a copy without allocating one more full-size float64 array.
         if source == "percentile":
             lo, hi = np.percentile(values, [0.5, 99.5])
-            unit = _linear(values, float(lo), float(hi))
+            unit = _linear(values, float(lo), float(hi), in_place=True)
         else:
-            unit = _linear(values, center - width / 2, center + width / 2)
+            unit = _linear(values, center - width / 2, center + width / 2, in_place=True)
         if photometric == "MONOCHROME1":
             np.subtract(1.0, unit, out=unit)
         image = resize_square(unit.astype(np.float32), cfg.data.image_size, nearest=False, square=cfg.ingest.square)
@@ -372,7 +383,7 @@ def resize_square(arr: np.ndarray, size: int, nearest: bool, square: str = "pad"
     if nearest:
         out = Image.fromarray(arr.astype(np.uint8)).resize((size, size), Image.Resampling.NEAREST)
         return np.asarray(out, dtype=arr.dtype)
-    out = Image.fromarray(arr.astype(np.float32)).resize((size, size), Image.Resampling.BILINEAR)
+    out = Image.fromarray(arr.astype(np.float32, copy=False)).resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(out, dtype=np.float32)
 
 
@@ -388,13 +399,18 @@ def header_phi(ds: Dataset) -> list[str]:
     return values
 
 
-def _parse(path: Path, stop_before_pixels: bool) -> Dataset:
+def _parse(path: Path, stop_before_pixels: bool, raw: bytes | None = None) -> Dataset:
+    """Parse ``path`` (or ``raw``, its bytes already read) into a data set; ImageRejected if not a usable DICOM."""
+
+    def source() -> Path | io.BytesIO:
+        return path if raw is None else io.BytesIO(raw)
+
     try:
         with warnings.catch_warnings():
             # pydicom's value-validation warnings quote element values, which may be PHI: keep them out of logs.
             warnings.simplefilter("ignore")
             try:
-                ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+                ds = pydicom.dcmread(source(), stop_before_pixels=stop_before_pixels)
             except InvalidDicomError:
                 pass
             else:
@@ -403,7 +419,7 @@ def _parse(path: Path, stop_before_pixels: bool) -> Dataset:
                     raise ImageRejected("unreadable", path, "DICOM file ends before its data set (truncated?)")
                 return ds
             # Old files may lack the 128-byte preamble and 'DICM'; accept them only if they parse into an image.
-            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+            ds = pydicom.dcmread(source(), stop_before_pixels=stop_before_pixels, force=True)
             if "SOPClassUID" not in ds and "Rows" not in ds:
                 raise InvalidDicomError("no DICOM preamble and no image attributes")
             return ds
@@ -441,10 +457,14 @@ def _first(value: object) -> float | None:
         return None
 
 
-def _linear(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+def _linear(values: np.ndarray, lo: float, hi: float, in_place: bool = False) -> np.ndarray:
+    """``(values - lo) / (hi - lo)`` clipped to [0, 1], in float64; ``in_place`` reuses a float64 ``values``."""
     if not hi > lo:  # a constant image (or degenerate window): all black rather than a division by zero
         return np.zeros_like(values, dtype=np.float64)
-    out = np.subtract(values, lo, dtype=np.float64)  # in place from here: one array, not three
+    if in_place and values.dtype == np.float64 and values.flags.writeable:
+        out = np.subtract(values, lo, out=values)
+    else:
+        out = np.subtract(values, lo, dtype=np.float64)  # in place from here: one array, not three
     out /= hi - lo
     return np.clip(out, 0.0, 1.0, out=out)
 

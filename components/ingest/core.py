@@ -50,7 +50,12 @@ REASONS: dict[str, str] = {**INGEST_REASONS, **DECODE_REASONS}
 PATIENT_HASH_CHARS = 16
 # Decoded results waiting to be written, per worker: enough to keep workers busy, small enough for flat memory.
 _IN_FLIGHT_PER_WORKER = 8
-# Samples between two flushes of the archive's memory-mapped arrays (then their pages leave our RSS).
+# When a worker pool pays off (bench/ingest.py, 2 vCPU VM): decoding one 256-px file here takes ~1.5 ms, and a pool of
+# spawned workers costs ~0.5-1 s of start-up (interpreter + numpy/pydicom/Pillow imports) plus the parent's share of
+# the cores; 2 workers on 2 cores only broke even with one process at ~2000 files. So the pool is used only when
+# the decode time it is expected to save, ``n * _DECODE_S * (1 - 1/p)`` for p parallel workers, exceeds this.
+_DECODE_S = 1.5e-3
+_POOL_START_S = 1.5
 
 
 @dataclass
@@ -106,7 +111,8 @@ def ingest(
                 reason, message = accepted.check(row, got)
                 if reason is None:
                     assert got.image is not None and got.mask is not None
-                    writer.add(got.image, got.mask, accepted.add(row, got))
+                    digest = got.info["content_hash"]  # computed once, by the duplicate check
+                    writer.add(got.image, got.mask, accepted.add(row, got), digest)
                 else:
                     writer.reject(row.rel, reason, message)
         n_bad = len(writer.quarantine)
@@ -316,11 +322,14 @@ class _Accepted:
 def _decode_all(tasks: list[_Task], cfg: Config) -> Iterator[list[_Outcome]]:
     """Decode ``tasks`` across ``cfg.ingest.workers`` processes, yielding outcomes in task order.
 
+    Small jobs are decoded in this process instead (see :func:`_use_pool`): starting a spawned pool costs more than
+    it saves below one to two thousand files. Either way the outcomes, hence the archive, are the same.
+
     At most a few tasks per worker are in flight, so memory stays flat whatever the dataset size, and the output
     order (hence the archive) does not depend on which worker finishes first.
     """
     workers = max(1, int(cfg.ingest.workers))
-    if workers == 1 or len(tasks) <= 1:
+    if not _use_pool(len(tasks), workers):
         yield from (_decode(t, cfg) for t in tasks)
         return
     # spawn, not fork: the parent may hold threads (MLflow, kfp) and fork would copy their locks mid-use.
@@ -340,6 +349,12 @@ def _decode_all(tasks: list[_Task], cfg: Config) -> Iterator[list[_Outcome]]:
             yield outcome
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _use_pool(n_tasks: int, workers: int) -> bool:
+    """Whether decoding ``n_tasks`` files in a pool of ``workers`` processes is expected to beat this process."""
+    parallel = min(workers, os.cpu_count() or 1)
+    return parallel > 1 and n_tasks * _DECODE_S * (1 - 1 / parallel) > _POOL_START_S
 
 
 def _check_quarantine(

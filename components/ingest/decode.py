@@ -48,8 +48,9 @@ def _decode(task: _Task, cfg: Config) -> list[_Outcome]:
 
     Module level so that a process pool can pickle it.
     """
+    source_hash = hashlib.sha256()
     try:
-        frames = read_frames(task.path, cfg)
+        frames = read_frames(task.path, cfg, source_hash=source_hash)  # the file is read once for both
     except ImageRejected as exc:
         return [_Outcome(reason=exc.reason, detail=exc.detail)]
     first, size = frames[0], cfg.data.image_size
@@ -63,7 +64,7 @@ def _decode(task: _Task, cfg: Config) -> list[_Outcome]:
         masks = [got] if len(frames) == 1 else list(got)
     spacing = first.pixel_spacing or (math.nan, math.nan)
     info = {
-        "source_sha256": _file_sha256(Path(task.path)),
+        "source_sha256": source_hash.hexdigest(),
         "modality": first.modality,
         "pixel_spacing_row": spacing[0],
         "pixel_spacing_col": spacing[1],

@@ -16,6 +16,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut
 from components.archive import open_archive
 from components.config import resolve
 from components.dicomio import luminance, resize_square, window_unit
+from components.ingest import core
 from components.ingest.core import REASONS, ingest
 
 BUNDLED = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -117,7 +118,10 @@ def bundled_run(tmp_path_factory):
         writer.writerow(["file", "label", "patient_id"])
         writer.writerows([rel, "normal", f"p{i % 4}"] for i, rel in enumerate(files))
     cfg = resolve("tiny", [f"data.image_size={SIZE}", "ingest.max_quarantine_fraction=0.95", "ingest.workers=2"])
-    summary = ingest(data, root / "archive", cfg, salt="bundled")
+    with pytest.MonkeyPatch.context() as mp:  # through the worker pool: rejections must cross process boundaries
+        mp.setattr(core, "_POOL_START_S", 0.0)
+        mp.setattr(core.os, "cpu_count", lambda: 2)
+        summary = ingest(data, root / "archive", cfg, salt="bundled")
     archive = open_archive(summary["archive"])
     quarantine = pd.read_csv(Path(summary["archive"]) / "quarantine.csv")
     return data, files, archive, quarantine

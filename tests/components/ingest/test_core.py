@@ -10,7 +10,7 @@ from PIL import Image
 from components.archive import MANIFEST_COLUMNS, QUARANTINE_COLUMNS, open_archive
 from components.config import resolve
 from components.errors import DataError
-from components.ingest import decode
+from components.ingest import core, decode
 from components.ingest.core import REASONS, hash_patient, ingest
 from components.phantom import PHI_TAGS, write_phantom
 
@@ -78,7 +78,10 @@ def test_phantom_ingests_into_a_complete_archive(data, cfg, tmp_path):
     assert archive.meta["window"]["sources"] == {"header": 24}
 
 
-def test_parallel_workers_write_the_same_archive(data, tmp_path):
+def test_parallel_workers_write_the_same_archive(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(core, "_POOL_START_S", 0.0)  # small data runs in-process otherwise
+    monkeypatch.setattr(core.os, "cpu_count", lambda: 2)
+    assert core._use_pool(2, 2) and not core._use_pool(1000, 1)
     one = ingest(data, tmp_path / "one", resolve("tiny"), salt=SALT)["archive"]
     two = ingest(data, tmp_path / "two", resolve("tiny", ["ingest.workers=2"]), salt=SALT)["archive"]
     for name in ("images.npy", "masks.npy", "manifest.parquet", "quarantine.csv", "archive.json"):
@@ -228,7 +231,9 @@ def test_bad_row_is_quarantined_with_its_reason(data, cfg, tmp_path, monkeypatch
     bad = damage(data, tmp_path)
     opened = []
     real_read = decode.read_frames
-    monkeypatch.setattr(decode, "read_frames", lambda path, c: opened.append(str(path)) or real_read(path, c))
+    monkeypatch.setattr(
+        decode, "read_frames", lambda path, c, **kw: opened.append(str(path)) or real_read(path, c, **kw)
+    )
 
     summary = ingest(data, tmp_path / "archive", cfg, salt=SALT)
 

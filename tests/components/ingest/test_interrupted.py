@@ -33,11 +33,11 @@ def test_exception_mid_stream_leaves_no_archive_and_no_temp_folder(phantom, tmp_
     calls = []
     real = decode.read_frames
 
-    def dies_on_the_fifth(path, cfg):
+    def dies_on_the_fifth(path, cfg, **kw):
         calls.append(path)
         if len(calls) == 5:
             raise KeyboardInterrupt  # not an ImageRejected: the run must stop, not quarantine
-        return real(path, cfg)
+        return real(path, cfg, **kw)
 
     monkeypatch.setattr(decode, "read_frames", dies_on_the_fifth)
     with pytest.raises(KeyboardInterrupt):
@@ -55,9 +55,9 @@ CHILD = textwrap.dedent(
     from components.ingest import core, decode
 
     real = decode.read_frames
-    def slow(path, cfg):  # a slow disk: the parent has time to kill us mid-way
+    def slow(path, cfg, **kw):  # a slow disk: the parent has time to kill us mid-way
         time.sleep(0.1)
-        return real(path, cfg)
+        return real(path, cfg, **kw)
     decode.read_frames = slow
     core.ingest(sys.argv[1], sys.argv[2], resolve("tiny"), salt="interrupted-salt")
     print("finished", flush=True)
