@@ -41,9 +41,8 @@ def medgan_pipeline(
         config_json=config_json,
         tracking_json=tracking_json,
         dataset_version_json=dataset_version_json,
-        mlflow_run_id=opened.output,
     )
-    ingest.set_display_name("ingest DICOM")
+    ingest.set_display_name("ingest DICOM").after(opened)  # every later stage logs into the run opened here
     validate = validate_op(archive=ingest.outputs["archive"], config_json=config_json, tracking_json=tracking_json)
     validate.set_display_name("validate data (great-expectations)")
     rebalance = rebalance_op(

@@ -12,7 +12,6 @@ def ingest_op(
     config_json: str,
     tracking_json: str,
     dataset_version_json: str,
-    mlflow_run_id: str,
     archive: Output[Dataset],
 ) -> str:
     """Ingest the DICOM files listed in labels.csv into one archive; return the ingest summary as JSON."""
