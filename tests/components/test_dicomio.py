@@ -162,18 +162,7 @@ def test_file_size_limit(tmp_path):
 
 
 def rgb(tmp_path):
-    return write_dicom(
-        tmp_path / "rgb.dcm",
-        stored=np.zeros((4, 4)),
-        pixels=False,
-        SamplesPerPixel=3,
-        PhotometricInterpretation="RGB",
-        PlanarConfiguration=0,
-        BitsAllocated=8,
-        BitsStored=8,
-        HighBit=7,
-        PixelData=b"\0" * 48,
-    )
+    return write_rgb(tmp_path / "rgb.dcm", np.zeros((4, 4, 3), np.uint8))
 
 
 def multiframe(tmp_path):
