@@ -1,18 +1,23 @@
 """Ingest throughput and memory: the project's parallel ingest vs a naive single-process loop.
 
-Builds a phantom DICOM study set (``components.phantom.write_phantom``) of about N files and, in the same run:
+Builds a phantom DICOM study set (``components.phantom.write_phantom``, 204 files) and replicates it to about N
+files: copy k of a file has its pixel rows rolled by k (so every copy is new content, not a duplicate) and keeps
+its header, label and mask. Then, in the same run:
 
 * **naive**: one process, per file ``pydicom.dcmread`` + ``pixel_array`` + modality LUT + resize (Pillow,
   bilinear) appended to a Python list; no windowing, masks, hashing, quarantine or archive;
 * **ingest**: ``components.ingest.core.ingest`` with ``cfg.ingest.workers = os.cpu_count()`` (the full stage:
   labels, masks, windowing, content hashes, duplicate check, memory-mapped archive, manifest, quarantine).
 
-Both run in fresh child processes, so their start-up (imports, spawning the worker pool) is counted and their
-peak memory is the child's own RSS high-water mark (``resource.getrusage``: the ingest parent, and separately the
-largest of its pool workers). Ingest is then repeated on about 10N files to show that memory stays flat.
+Both run in fresh child processes, timed around the work (the ingest worker pool's start-up is inside); peak
+memory is the high-water RSS of the child (``VmHWM``), and for ingest separately of the largest of its workers
+(sampled from ``/proc`` every 20 ms). Ingest is then repeated on about 10N files to show that memory stays flat.
 
-    python bench/ingest.py              # N=200, 256-px phantoms
-    python bench/ingest.py --n 100 --size 512 --repeats 3
+N defaults to 2000: one CT series alone is a few hundred slices, a training set thousands; a pool of worker
+processes pays for its start-up only on such sizes (below ~500 files ingest decodes in its own process).
+
+    python bench/ingest.py              # N=2000, 256-px phantoms
+    python bench/ingest.py --n 200 --no-scale
 
 Last line: ``ingest: ratio=<ingest files/s / naive files/s at N> (<details>)``.
 """
@@ -20,9 +25,12 @@ Last line: ``ingest: ratio=<ingest files/s / naive files/s at N> (<details>)``.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,9 +40,44 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SLICES = 12  # phantom slices per patient
+BASE_PATIENTS = 17  # 204 distinct phantom files, replicated to N
 
-NAIVE = """
-import csv, json, resource, sys, time
+# Peak RSS of this process and of its descendants (the ingest workers), sampled from /proc while the work runs.
+PEAK = """
+import os, threading, time
+def _hwm(pid):
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return next(int(l.split()[1]) for l in fh if l.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return 0
+def _children(pid):
+    out = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                out += [int(c) for c in fh.read().split()]
+    except OSError:
+        pass
+    return out
+peak_children = {}
+def _sample():
+    while True:
+        todo = _children(os.getpid())
+        while todo:
+            pid = todo.pop()
+            peak_children[pid] = max(peak_children.get(pid, 0), _hwm(pid))
+            todo += _children(pid)
+        time.sleep(0.02)
+threading.Thread(target=_sample, daemon=True).start()
+def peaks():
+    return {"rss_kb": _hwm(os.getpid()), "worker_rss_kb": max(peak_children.values(), default=0)}
+"""
+
+NAIVE = (
+    PEAK
+    + """
+import csv, json, sys, time
 import numpy as np, pydicom
 from PIL import Image
 from pydicom.pixels import apply_modality_lut
@@ -47,12 +90,14 @@ for rel in files:
     values = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
     out.append(np.asarray(Image.fromarray(values).resize((size, size), Image.Resampling.BILINEAR)))
 seconds = time.perf_counter() - t
-print(json.dumps({"files": len(out), "seconds": seconds,
-                  "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+print(json.dumps({"files": len(out), "seconds": seconds, **peaks()}))
 """
+)
 
-INGEST = """
-import json, logging, resource, sys, time
+INGEST = (
+    PEAK
+    + """
+import json, logging, sys, time
 from components.config import resolve
 from components.ingest.core import ingest
 logging.disable(logging.INFO)
@@ -61,10 +106,9 @@ cfg = resolve("quickstart", [f"data.image_size={size}", f"ingest.workers={worker
 t = time.perf_counter()
 summary = ingest(data, out, cfg, salt="bench-salt")
 seconds = time.perf_counter() - t
-print(json.dumps({"files": summary["n_rows"], "ok": summary["n_ok"], "seconds": seconds,
-                  "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                  "worker_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+print(json.dumps({"files": summary["n_rows"], "ok": summary["n_ok"], "seconds": seconds, **peaks()}))
 """
+)
 
 
 def child(code: str, *args: object) -> dict[str, float]:
@@ -77,11 +121,40 @@ def child(code: str, *args: object) -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def phantom(root: Path, n: int, size: int) -> Path:
+def phantom(root: Path, size: int) -> Path:
     from components.phantom import write_phantom
 
-    patients = max(3, round(n / SLICES))
-    return write_phantom(root / f"data{n}", seed=0, n_patients=patients, slices_per_patient=SLICES, size=size)
+    return write_phantom(root / "base", seed=0, n_patients=BASE_PATIENTS, slices_per_patient=SLICES, size=size)
+
+
+def replicate(base: Path, out: Path, n: int) -> Path:
+    """About ``n`` files from the phantom at ``base``: copy k of each file has its pixel rows rolled by k."""
+    import numpy as np
+    import pydicom
+
+    rows = list(csv.DictReader((base / "labels.csv").open()))
+    copies = math.ceil(n / len(rows))
+    if copies > SLICES * 10:
+        raise SystemExit(f"--n {n}: at most {SLICES * 10 * len(rows)} files from one phantom")
+    shutil.copytree(base / "masks", out / "masks")
+    table = []
+    for row in rows:
+        raw = (base / row["file"]).read_bytes()
+        ds = pydicom.dcmread(base / row["file"])
+        nbytes = len(ds.PixelData)
+        assert raw[-nbytes:] == ds.PixelData, "pixel data is not the file's last element"
+        pixels = np.frombuffer(ds.PixelData, dtype="<u2" if ds.PixelRepresentation == 0 else "<i2")
+        pixels = pixels.reshape(int(ds.Rows), int(ds.Columns))
+        for k in range(copies):
+            rel = f"dicom/copy{k:03d}/{row['file'].removeprefix('dicom/')}"
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            (out / rel).write_bytes(raw[:-nbytes] + np.roll(pixels, k, axis=0).tobytes())
+            table.append({**row, "file": rel})
+    with (out / "labels.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    return out
 
 
 def best(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -90,7 +163,7 @@ def best(runs: list[dict[str, float]]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=200, help="files at the small size (default 200)")
+    parser.add_argument("--n", type=int, default=2000, help="files at the small size (default 2000)")
     parser.add_argument("--size", type=int, default=256, help="phantom image size in pixels (default 256)")
     parser.add_argument("--image-size", type=int, default=64, help="archive image size (data.image_size)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per method; the fastest counts")
@@ -104,7 +177,8 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         root = Path(tmp)
-        data = phantom(root, args.n, args.size)
+        base = phantom(root, args.size)
+        data = replicate(base, root / f"data{args.n}", args.n)
         n = sum(1 for _ in (data / "dicom").rglob("*.dcm"))
         print(
             f"phantom: {n} files of {args.size}x{args.size} px -> archive {args.image_size} px; "
@@ -128,7 +202,8 @@ def main() -> None:
             f"naive {naive_fps:.1f} files/s"
         )
         if not args.no_scale:
-            big = phantom(root, 10 * args.n, args.size)
+            shutil.rmtree(data)
+            big = replicate(base, root / f"data{10 * args.n}", 10 * args.n)
             n10 = sum(1 for _ in (big / "dicom").rglob("*.dcm"))
             ing10 = child(INGEST, big, root / "archive10", args.image_size, workers)
             naive10 = child(NAIVE, big, args.image_size)

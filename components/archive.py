@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from components.errors import DataError
+from components.samples import content_hash, sample_stats
 
 FORMAT_VERSION = 1
 
@@ -101,40 +102,17 @@ def open_archive(path: str | os.PathLike[str]) -> Archive:
     return Archive(root, images, masks, manifest, meta)
 
 
-def sample_stats(image: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
-    """Per-image statistics stored in the manifest and checked by the validation suite."""
-    return {
-        "img_min": float(image.min()),
-        "img_max": float(image.max()),
-        "img_mean": float(image.mean()),
-        "img_std": float(image.std()),
-        "mask_fraction": float(mask.mean()),
-        "mask_binary": _binary(mask),
-    }
-
-
-def _binary(mask: np.ndarray) -> bool:
-    """Whether every value of ``mask`` is 0 or 1 (for unsigned integers a max, much cheaper than ``np.isin``)."""
-    if mask.size and np.issubdtype(mask.dtype, np.unsignedinteger):
-        return bool(mask.max() <= 1)
-    return bool(np.isin(mask, (0, 1)).all())
-
-
-def content_hash(image: np.ndarray, mask: np.ndarray) -> str:
-    """SHA-256 of the normalised arrays: equal for the same image exported twice."""
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(image, dtype=np.float32).tobytes())
-    h.update(np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
-    return h.hexdigest()
-
-
 # Pages of the memory-mapped arrays that were written count in the writer's RSS until dropped: drop them this often.
 _DROP_EVERY = 128
 
 
 def _drop_pages(arr: np.ndarray) -> None:
-    """Flush a memory-mapped array and let the kernel drop its pages from this process (the file keeps the data)."""
-    arr.flush()  # type: ignore[attr-defined]
+    """Let the kernel drop a memory-mapped array's pages from this process: the file keeps the data.
+
+    No flush first: for a shared file mapping, MADV_DONTNEED only unmaps the pages; written ones stay in the page
+    cache, dirty, and reach the file by the kernel's write-back or the flush before commit, without this process
+    waiting for the disk every ``_DROP_EVERY`` samples.
+    """
     mapped = getattr(arr, "_mmap", None)
     if mapped is not None and hasattr(mmap, "MADV_DONTNEED"):
         mapped.madvise(mmap.MADV_DONTNEED)
@@ -165,10 +143,18 @@ class ArchiveWriter:
         self._masks = np.lib.format.open_memmap(self._tmp / "masks.full.npy", "w+", np.uint8, shape)
         return self
 
-    def add(self, image: np.ndarray, mask: np.ndarray, row: dict[str, Any], digest: str | None = None) -> None:
+    def add(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray,
+        row: dict[str, Any],
+        digest: str | None = None,
+        stats: dict[str, Any] | None = None,
+    ) -> None:
         """Append one normalised sample and its manifest row (stats and hashes are filled in here).
 
-        ``digest`` is the sample's :func:`content_hash` when the caller has computed it already.
+        ``digest`` and ``stats`` are the sample's :func:`content_hash` and :func:`sample_stats` when the caller has
+        computed them already (ingest does, in its decoding workers).
         """
         i = len(self.rows)
         if i >= self.capacity:
@@ -176,7 +162,8 @@ class ArchiveWriter:
         self._images[i] = image
         self._masks[i] = mask
         digest = digest or content_hash(image, mask)
-        self.rows.append({**row, **sample_stats(image, mask), "content_hash": digest, "sample_id": digest[:16]})
+        stats = stats or sample_stats(image, mask)
+        self.rows.append({**row, **stats, "content_hash": digest, "sample_id": digest[:16]})
         if len(self.rows) % _DROP_EVERY == 0:
             _drop_pages(self._images)
             _drop_pages(self._masks)

@@ -25,10 +25,12 @@ they stay binary. Every refusal is an :class:`ImageRejected` with a reason code 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,7 +143,38 @@ def read_header(path: str | os.PathLike[str], cfg: Config) -> Dataset:
     path = Path(path)
     check_policy(cfg)
     _check_size(path, cfg)
-    return _check_header(_parse(path, stop_before_pixels=True), path, cfg)
+    with _lenient_values():
+        ds = _parse(path, stop_before_pixels=True)
+        _image_header(ds, path, cfg)
+    return ds
+
+
+@dataclass(frozen=True)
+class _ImageHeader:
+    """The image attributes of a header, read (and checked) once: every later step uses these, not the data set."""
+
+    rows: int
+    cols: int
+    bits: int  # BitsAllocated
+    samples: int
+    frames: int
+    photometric: str
+
+
+@contextlib.contextmanager
+def _lenient_values() -> Iterator[None]:
+    """Let pydicom convert header values without validating them (its default validation only warns).
+
+    We ignore those warnings anyway (they quote raw values, which may be PHI), and validating every value costs a
+    sixth of a small file's processing. Scoped, because the setting is pydicom-global.
+    """
+    settings = pydicom.config.settings
+    previous = settings.reading_validation_mode
+    settings.reading_validation_mode = pydicom.config.IGNORE
+    try:
+        yield
+    finally:
+        settings.reading_validation_mode = previous
 
 
 def _check_size(path: Path, cfg: Config) -> None:
@@ -160,7 +193,7 @@ def _check_size(path: Path, cfg: Config) -> None:
         )
 
 
-def _check_header(ds: Dataset, path: Path, cfg: Config) -> Dataset:
+def _image_header(ds: Dataset, path: Path, cfg: Config) -> _ImageHeader:
     """The image checks of :func:`read_header` on a parsed data set (its pixel data not decoded yet)."""
     limit = cfg.ingest.max_decoded_bytes
     if "Rows" not in ds and "Columns" not in ds and "NumberOfFrames" not in ds:
@@ -204,7 +237,7 @@ def _check_header(ds: Dataset, path: Path, cfg: Config) -> Dataset:
         )
     if colour and cfg.ingest.rgb == "reject":
         raise ImageRejected("unsupported_photometric", path, f"colour image ({photometric}) and ingest.rgb=reject")
-    return ds
+    return _ImageHeader(rows, cols, bits, samples, frames, photometric)
 
 
 def read_frames(path: str | os.PathLike[str], cfg: Config, source_hash: Any = None) -> list[DicomImage]:
@@ -222,72 +255,92 @@ def read_frames(path: str | os.PathLike[str], cfg: Config, source_hash: Any = No
         raise ImageRejected("unreadable", path, f"cannot read the file ({_exc_name(exc)})") from None
     if source_hash is not None:
         source_hash.update(raw)
+    with _lenient_values():
+        return _read_frames(path, cfg, raw)
+
+
+def _read_frames(path: Path, cfg: Config, raw: bytes) -> list[DicomImage]:
+    """:func:`read_frames` from the file's bytes."""
     # One parse: the file size is bounded above, and nothing is decoded before the header checks pass.
-    ds = header = _check_header(_parse(path, stop_before_pixels=False, raw=raw), path, cfg)
+    ds = _parse(path, stop_before_pixels=False, raw=raw)
+    image = _image_header(ds, path, cfg)
     if not any(k in ds for k in _PIXEL_KEYWORDS):
         raise ImageRejected(
             "no_pixel_data", path, "the header declares an image but the file has no pixel data (truncated?)"
         )
-    rows, cols = int(header.Rows), int(header.Columns)
-    n_frames = int(header.get("NumberOfFrames", 1) or 1)
-    photometric = str(header.PhotometricInterpretation).strip()
+    rows, cols, n_frames, photometric = image.rows, image.cols, image.frames, image.photometric
     colour = photometric not in _GREY
-    _check_native_length(ds, path, rows, cols, n_frames)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            stored = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's problem, not a bug of ours
-        raise ImageRejected("decode_error", path, f"pixel data could not be decoded: {_scrub(exc, header)}") from None
-    if n_frames == 1:
-        stored = stored[np.newaxis]
+    _check_native_length(ds, path, image)
+    stored = _native_pixels(ds, image)
+    if stored is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                stored = ds.pixel_array
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's problem, not a bug of ours
+            raise ImageRejected("decode_error", path, f"pixel data could not be decoded: {_scrub(exc, ds)}") from None
+        if n_frames == 1:
+            stored = stored[np.newaxis]
     if stored.shape[:3] != (n_frames, rows, cols):
         raise ImageRejected(
             "decode_error",
             path,
             f"decoded shape {stored.shape} differs from the declared {n_frames} frame(s) of {rows}x{cols}",
         )
-    window = None if colour else _choose_window(header, cfg)
+    window = None if colour else _choose_window(ds, cfg)
+    fused = _fused_window(ds, stored, window)
+    spacing, modality = _pixel_spacing(ds), str(ds.get("Modality", ""))
+    patient_id = str(ds.PatientID) if ds.get("PatientID") else None
     out = []
     for i in range(n_frames):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                values, full_range = _decode_frame(stored[i], ds, photometric)
-        except Exception as exc:  # noqa: BLE001 - a LUT that does not fit the data is this file's problem
-            raise ImageRejected(
-                "decode_error", path, f"frame {i} could not be converted: {_scrub(exc, header)}"
-            ) from None
-        if not np.isfinite(values).all():
-            raise ImageRejected("decode_error", path, f"pixel data of frame {i} contains NaN or infinite values")
-        # Colour values are display values already: no clinical window, the full stored range instead.
-        center, width, source = window or (full_range / 2.0, full_range, "full_range")
-        # ``values`` is this frame's own float64 array (or a view of the decoded frame, not used again): window it in
-        # place, which gives the same numbers as a copy without allocating one more full-size float64 array.
-        if source == "percentile":
-            lo, hi = np.percentile(values, [0.5, 99.5])
-            unit = _linear(values, float(lo), float(hi), in_place=True)
+        if fused is not None and window is not None:
+            unit, frame_window = _window_stored(stored[i], *fused), window
         else:
-            unit = _linear(values, center - width / 2, center + width / 2, in_place=True)
+            unit, frame_window = _window_general(stored[i], ds, photometric, window, path, i)
         if photometric == "MONOCHROME1":
             np.subtract(1.0, unit, out=unit)
-        image = resize_square(unit.astype(np.float32), cfg.data.image_size, nearest=False, square=cfg.ingest.square)
+        image = resize_square(
+            unit.astype(np.float32, copy=False), cfg.data.image_size, nearest=False, square=cfg.ingest.square
+        )
+        center, width, source = frame_window
         out.append(
             DicomImage(
                 image=np.clip(image * 2.0 - 1.0, -1.0, 1.0).astype(np.float32),
                 rows=rows,
                 cols=cols,
-                modality=str(header.get("Modality", "")),
+                modality=modality,
                 photometric=photometric,
-                pixel_spacing=_pixel_spacing(header),
+                pixel_spacing=spacing,
                 window=None if source == "percentile" else (center, width),
                 window_source=source,
-                patient_id=str(header.PatientID) if header.get("PatientID") else None,
+                patient_id=patient_id,
                 frame=i,
                 n_frames=n_frames,
             )
         )
     return out
+
+
+def _window_general(
+    stored: np.ndarray, ds: Dataset, photometric: str, window: tuple[float, float, str] | None, path: Path, index: int
+) -> tuple[np.ndarray, tuple[float, float, str]]:
+    """Steps 3-4 for one frame in float64 (any LUT, colour, percentile windows): ``unit`` in [0, 1] and its window."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            values, full_range = _decode_frame(stored, ds, photometric)
+    except Exception as exc:  # noqa: BLE001 - a LUT that does not fit the data is this file's problem
+        raise ImageRejected("decode_error", path, f"frame {index} could not be converted: {_scrub(exc, ds)}") from None
+    if not np.isfinite(values).all():
+        raise ImageRejected("decode_error", path, f"pixel data of frame {index} contains NaN or infinite values")
+    # Colour values are display values already: no clinical window, the full stored range instead.
+    center, width, source = window or (full_range / 2.0, full_range, "full_range")
+    # ``values`` is this frame's own float64 array (or a view of the decoded frame, not used again): window it in
+    # place, which gives the same numbers as a copy without allocating one more full-size float64 array.
+    if source == "percentile":
+        lo, hi = np.percentile(values, [0.5, 99.5])
+        return _linear(values, float(lo), float(hi), in_place=True), (center, width, source)
+    return _linear(values, center - width / 2, center + width / 2, in_place=True), (center, width, source)
 
 
 def read_dicom(path: str | os.PathLike[str], cfg: Config) -> DicomImage:
@@ -514,15 +567,94 @@ def _decode_frame(stored: np.ndarray, ds: Dataset, photometric: str) -> tuple[np
     return luminance(stored), float(2 ** int(ds.get("BitsStored", ds.BitsAllocated)) - 1)
 
 
-def _check_native_length(ds: Dataset, path: Path, rows: int, cols: int, frames: int) -> None:
+# Uncompressed little-endian transfer syntaxes (implicit, explicit VR): their pixels are read by _native_pixels.
+_NATIVE_LITTLE_ENDIAN = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+# Largest error in [0, 1] units the one-pass float32 window may make before the float64 path is used instead.
+_FUSED_MAX_ERROR = 1e-6
+
+
+def _native_pixels(ds: Dataset, image: _ImageHeader) -> np.ndarray | None:
+    """Uncompressed little-endian greyscale integer pixels as a read-only ``(frames, rows, cols)`` array, or None.
+
+    The values pydicom's ``pixel_array`` gives, including its default correction of the unused high bits (Bits
+    Stored < Bits Allocated: shift left then right, which sign-extends signed data and masks unsigned data), but
+    without pydicom's decoder set-up, which costs more than all the rest of a 256-px slice's processing. None where
+    pydicom must decode: compressed, big-endian, colour, 1-bit or float pixel data. ``_check_native_length`` has
+    checked that the data is long enough.
+    """
+    bits = image.bits
+    if bits not in (8, 16, 32) or image.samples != 1 or image.photometric not in _GREY:
+        return None
+    if ds.file_meta.get("TransferSyntaxUID") not in _NATIVE_LITTLE_ENDIAN or "PixelData" not in ds:
+        return None
+    try:
+        stored_bits = int(ds.get("BitsStored", bits) or bits)
+        signed = int(ds.get("PixelRepresentation", 0) or 0)
+    except (TypeError, ValueError):
+        return None
+    if signed not in (0, 1) or not 0 < stored_bits <= bits:
+        return None
+    dtype = np.dtype(f"<{'ui'[signed]}{bits // 8}")
+    count = image.rows * image.cols * image.frames
+    arr = np.frombuffer(ds.PixelData, dtype=dtype, count=count).reshape(image.frames, image.rows, image.cols)
+    if stored_bits < bits:
+        shift = bits - stored_bits
+        arr = np.right_shift(np.left_shift(arr, shift), shift)
+    return arr
+
+
+def _fused_window(
+    ds: Dataset, stored: np.ndarray, window: tuple[float, float, str] | None
+) -> tuple[float, float] | None:
+    """``(scale, offset)`` such that ``clip(stored * scale + offset, 0, 1)`` is Modality LUT + linear window, or None.
+
+    For integer pixels of at most 16 bits with a linear Modality LUT (slope/intercept; absent tags mean the identity,
+    as in pydicom, which applies them only when both are present) and a known window. Stored integers of 16 bits are
+    exact in float32, so for a pixel inside the window (``|stored * scale| <= |offset| + 1``) the one float32 pass of
+    :func:`_window_stored` errs by at most about ``3 * 2**-24 * (|offset| + 1)``; pixels outside are clipped anyway.
+    Where that bound passes ``_FUSED_MAX_ERROR`` (a narrow window far from zero), or for a Modality LUT Sequence,
+    32-bit, float or colour data, or a percentile window, the frame takes the general float64 path instead (None).
+    """
+    if window is None or window[2] == "percentile" or not (math.isfinite(window[1]) and window[1] > 0):
+        return None  # percentiles need the values first; a degenerate window is left to the general path
+    if stored.dtype.kind not in "iu" or stored.dtype.itemsize > 2 or ds.get("ModalityLUTSequence"):
+        return None
+    slope, intercept = 1.0, 0.0
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        got_slope, got_intercept = _first(ds.RescaleSlope), _first(ds.RescaleIntercept)
+        if got_slope is None or got_intercept is None:
+            return None  # let the general path report what it makes of these tags
+        slope, intercept = got_slope, got_intercept
+    center, width, _ = window
+    lo = center - width / 2
+    scale, offset = slope / width, (intercept - lo) / width
+    bound = 3.0 * (abs(offset) + 1.0) * 2.0**-24
+    if not (math.isfinite(scale) and math.isfinite(bound)) or bound > _FUSED_MAX_ERROR:
+        return None
+    return scale, offset
+
+
+def _window_stored(stored: np.ndarray, scale: float, offset: float) -> np.ndarray:
+    """Modality LUT and linear window in one float32 pass over the stored integers (see :func:`_fused_window`).
+
+    The same numbers as :func:`apply_modality_lut` followed by :func:`window_unit` in float64, to within
+    ``_FUSED_MAX_ERROR``, with one float32 array instead of three float64 ones.
+    """
+    unit = stored.astype(np.float32)
+    unit *= np.float32(scale)
+    unit += np.float32(offset)
+    return np.clip(unit, 0.0, 1.0, out=unit)
+
+
+def _check_native_length(ds: Dataset, path: Path, image: _ImageHeader) -> None:
     """Uncompressed pixel data shorter than declared means a truncated file: say so instead of a decoder error."""
     syntax = ds.file_meta.get("TransferSyntaxUID")
     if syntax is None or syntax.is_compressed or "PixelData" not in ds:
         return
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
-        samples = 2  # chroma subsampled 2:1 horizontally: Y Y Cb Cr per two pixels
-    needed = math.ceil(rows * cols * frames * samples * int(ds.BitsAllocated) / 8)
+    rows, cols, frames = image.rows, image.cols, image.frames
+    # YBR_FULL_422 subsamples chroma 2:1 horizontally: Y Y Cb Cr per two pixels.
+    samples = 2 if image.photometric == "YBR_FULL_422" else image.samples
+    needed = math.ceil(rows * cols * frames * samples * image.bits / 8)
     have = len(ds.PixelData or b"")
     if have < needed:
         raise ImageRejected(

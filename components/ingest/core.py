@@ -12,7 +12,8 @@ import hashlib
 import logging
 import multiprocessing
 import os
-from collections import Counter, deque
+import threading
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import closing
@@ -22,12 +23,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from components.archive import ArchiveWriter, content_hash
+from components.archive import ArchiveWriter
 from components.config import Config
 from components.dicomio import INTERPOLATION, check_policy
 from components.dicomio import REASONS as DECODE_REASONS
 from components.errors import DataError
-from components.ingest.decode import _decode, _file_sha256, _Outcome, _Task
+from components.ingest.decode import _decode, _decode_chunk, _file_sha256, _init_worker, _Outcome, _ready, _Task
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +49,15 @@ INGEST_REASONS: dict[str, str] = {
 REASONS: dict[str, str] = {**INGEST_REASONS, **DECODE_REASONS}
 
 PATIENT_HASH_CHARS = 16
-# Decoded results waiting to be written, per worker: enough to keep workers busy, small enough for flat memory.
-_IN_FLIGHT_PER_WORKER = 8
-# When a worker pool pays off (bench/ingest.py, 2 vCPU VM): decoding one 256-px file here takes ~1.5 ms, and a pool of
-# spawned workers costs ~0.5-1 s of start-up (interpreter + numpy/pydicom/Pillow imports) plus the parent's share of
-# the cores; 2 workers on 2 cores only broke even with one process at ~2000 files. So the pool is used only when
-# the decode time it is expected to save, ``n * _DECODE_S * (1 - 1/p)`` for p parallel workers, exceeds this.
-_DECODE_S = 1.5e-3
-_POOL_START_S = 1.5
+# Files per pool task: one hand-over (pickling, queues) per chunk rather than per file.
+_CHUNK = 16
+# Chunks decoded ahead of the writer, per worker: enough to keep workers busy, small enough for flat memory.
+_IN_FLIGHT_PER_WORKER = 2
+# When a pool pays off (bench/ingest.py, 2 vCPU VM): decoding one 256-px file here takes ~1 ms, and the fork server
+# needs ~0.5 s to start (interpreter + numpy/pydicom/Pillow imports), during which this process decodes on its own.
+# A pool is used when the job would take this process longer than that start-up (see _use_pool).
+_DECODE_S = 1.0e-3
+_POOL_START_S = 0.5
 
 
 @dataclass
@@ -111,8 +113,7 @@ def ingest(
                 reason, message = accepted.check(row, got)
                 if reason is None:
                     assert got.image is not None and got.mask is not None
-                    digest = got.info["content_hash"]  # computed once, by the duplicate check
-                    writer.add(got.image, got.mask, accepted.add(row, got), digest)
+                    writer.add(got.image, got.mask, accepted.add(row, got), got.digest, got.stats)
                 else:
                     writer.reject(row.rel, reason, message)
         n_bad = len(writer.quarantine)
@@ -279,7 +280,7 @@ class _Accepted:
         if got.n_frames > 1:
             row = _Row(row.number, f"{row.rel} [frame {got.frame}]", row.label, row.patient_id, row.task)
         assert got.mask is not None and got.image is not None
-        lesion_pixels = int(got.mask.sum())
+        lesion_pixels = got.lesion_pixels
         if row.label in self.lesion_classes and lesion_pixels == 0:
             return "mask_empty", (
                 f"{row.rel}: lesion mask is empty at image size {self.size} (empty mask file, or a lesion too small "
@@ -292,15 +293,14 @@ class _Accepted:
             )
         if not self._patient(row, got):
             return "patient_missing", f"{row.rel}: no patient_id in labels.csv and no PatientID in the header"
-        got.info["content_hash"] = digest = content_hash(got.image, got.mask)
-        if digest in self.seen:
-            return "duplicate", f"{row.rel}: same image and mask as {self.seen[digest]}"
+        if got.digest in self.seen:
+            return "duplicate", f"{row.rel}: same image and mask as {self.seen[got.digest]}"
         return None, ""
 
     def add(self, row: _Row, got: _Outcome) -> dict[str, Any]:
         """Record an admitted sample; return its manifest row (the archive writer adds stats and hashes)."""
         info = dict(got.info)
-        self.seen[info.pop("content_hash")] = row.rel
+        self.seen[got.digest] = row.rel
         self.window_sources[info.pop("window_source")] += 1
         patient = hash_patient(self.salt, self._patient(row, got))
         self.patients.add(patient)
@@ -322,39 +322,77 @@ class _Accepted:
 def _decode_all(tasks: list[_Task], cfg: Config) -> Iterator[list[_Outcome]]:
     """Decode ``tasks`` across ``cfg.ingest.workers`` processes, yielding outcomes in task order.
 
-    Small jobs are decoded in this process instead (see :func:`_use_pool`): starting a spawned pool costs more than
-    it saves below one to two thousand files. Either way the outcomes, hence the archive, are the same.
+    Small jobs are decoded in this process (see :func:`_use_pool`). Large ones go to a pool of workers forked from
+    a fork server that has imported the decoding modules once; while that server starts (the imports take a good
+    part of a second), this process decodes the first chunks itself, so the start-up is never waited for. Either
+    way the outcomes, hence the archive, are the same.
 
-    At most a few tasks per worker are in flight, so memory stays flat whatever the dataset size, and the output
-    order (hence the archive) does not depend on which worker finishes first.
+    Work goes out in chunks of ``_CHUNK`` files and at most ``_IN_FLIGHT_PER_WORKER`` chunks per worker are out at a
+    time, so memory stays flat whatever the dataset size, and the output order does not depend on which worker
+    finishes first.
     """
     workers = max(1, int(cfg.ingest.workers))
     if not _use_pool(len(tasks), workers):
         yield from (_decode(t, cfg) for t in tasks)
         return
-    # spawn, not fork: the parent may hold threads (MLflow, kfp) and fork would copy their locks mid-use.
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    parallel = min(workers, os.cpu_count() or 1)
+    chunks = [tasks[i : i + _CHUNK] for i in range(0, len(tasks), _CHUNK)]
+    pool = ProcessPoolExecutor(
+        max_workers=parallel, mp_context=_pool_context(), initializer=_init_worker, initargs=(cfg,)
+    )
+    started: list[Future[bool]] = []
+    # Starting a worker blocks until the fork server is up: let a thread wait for that, not the decoding.
+    starter = threading.Thread(target=_start_workers, args=(pool, parallel, started), daemon=True)
+    starter.start()
     try:
-        pending: deque[Future[list[_Outcome]]] = deque()
-        queue: Iterator[_Task] = iter(tasks)
-        for task in queue:
-            pending.append(pool.submit(_decode, task, cfg))
-            if len(pending) >= workers * _IN_FLIGHT_PER_WORKER:
-                break
-        while pending:
-            outcome = pending.popleft().result()
-            task = next(queue, None)
-            if task is not None:
-                pending.append(pool.submit(_decode, task, cfg))
-            yield outcome
+        ahead: dict[int, Future[list[list[_Outcome]]]] = {}
+        submitted = 0  # chunks below this index are decoded here or already handed to the pool
+        for i, chunk in enumerate(chunks):
+            if any(f.done() and not f.exception() for f in list(started)):
+                submitted = max(submitted, i + 1)
+                while submitted < len(chunks) and len(ahead) < parallel * _IN_FLIGHT_PER_WORKER:
+                    ahead[submitted] = pool.submit(_decode_chunk, chunks[submitted])
+                    submitted += 1
+            future = ahead.pop(i, None)
+            if future is None or future.cancel():
+                yield from (_decode(t, cfg) for t in chunk)
+            else:
+                yield from future.result()
     finally:
+        starter.join()
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _start_workers(pool: ProcessPoolExecutor, n: int, started: list[Future[bool]]) -> None:
+    """Start the pool's ``n`` workers (each submit starts one); their futures complete once they are ready."""
+    try:
+        for _ in range(n):
+            started.append(pool.submit(_ready))
+    except RuntimeError:  # the ingest ended (finished or failed) before the pool was up: nothing to start
+        pass
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """Fork server where the platform has one (workers fork from a clean process that imported the decoder once).
+
+    Never plain fork: the parent may hold threads (MLflow, kfp, this module's starter) whose locks a fork would copy
+    mid-use. Spawn elsewhere.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["components.ingest.decode"])
+    return context
+
+
 def _use_pool(n_tasks: int, workers: int) -> bool:
-    """Whether decoding ``n_tasks`` files in a pool of ``workers`` processes is expected to beat this process."""
+    """Whether a worker pool is expected to finish ``n_tasks`` files sooner than this process alone.
+
+    The pool is joined when it shuts down, so a job this process finishes before the fork server is up would wait
+    for it: only jobs longer than that start-up use a pool.
+    """
     parallel = min(workers, os.cpu_count() or 1)
-    return parallel > 1 and n_tasks * _DECODE_S * (1 - 1 / parallel) > _POOL_START_S
+    return parallel > 1 and n_tasks > 2 * _CHUNK and n_tasks * _DECODE_S > _POOL_START_S
 
 
 def _check_quarantine(

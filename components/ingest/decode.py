@@ -16,6 +16,7 @@ import numpy as np
 
 from components.config import Config
 from components.dicomio import ImageRejected, read_frames, read_mask
+from components.samples import content_hash, sample_stats
 
 
 @dataclass
@@ -41,6 +42,9 @@ class _Outcome:
     header_patient_id: str | None = None  # PHI: hashed by the parent, never stored
     frame: int = 0
     n_frames: int = 1
+    digest: str = ""  # content hash of image + mask (duplicate check, sample id)
+    stats: dict[str, Any] = field(default_factory=dict)  # the manifest's per-sample statistics
+    lesion_pixels: int = 0
 
 
 def _decode(task: _Task, cfg: Config) -> list[_Outcome]:
@@ -71,6 +75,7 @@ def _decode(task: _Task, cfg: Config) -> list[_Outcome]:
         "orig_rows": first.rows,
         "orig_cols": first.cols,
     }
+    # Hashes and statistics are computed here, in parallel, rather than in the parent that writes the archive.
     return [
         _Outcome(
             image=f.image,
@@ -79,9 +84,32 @@ def _decode(task: _Task, cfg: Config) -> list[_Outcome]:
             header_patient_id=f.patient_id,
             frame=f.frame,
             n_frames=f.n_frames,
+            digest=content_hash(f.image, m),
+            stats=sample_stats(f.image, m),
+            lesion_pixels=int(np.count_nonzero(m)),
         )
         for f, m in zip(frames, masks, strict=True)
     ]
+
+
+# The worker processes' configuration, set once per worker by _init_worker instead of pickled with every task.
+_WORKER_CFG: Config | None = None
+
+
+def _init_worker(cfg: Config) -> None:
+    global _WORKER_CFG  # noqa: PLW0603 - one value per worker process, set by the pool's initializer
+    _WORKER_CFG = cfg
+
+
+def _ready() -> bool:
+    """A no-op task: its completion tells the parent that a worker has started and imported everything."""
+    return True
+
+
+def _decode_chunk(tasks: list[_Task]) -> list[list[_Outcome]]:
+    """Worker body: :func:`_decode` of consecutive tasks (one pool task per chunk amortises the hand-over)."""
+    assert _WORKER_CFG is not None, "worker started without _init_worker"
+    return [_decode(task, _WORKER_CFG) for task in tasks]
 
 
 def _file_sha256(path: Path) -> str:

@@ -12,6 +12,9 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from components.config import resolve
 from components.dicomio import (
     ImageRejected,
+    _fused_window,
+    _image_header,
+    _native_pixels,
     read_dicom,
     read_frames,
     read_header,
@@ -431,3 +434,67 @@ def test_bundled_multiframe_first_frame_matches_its_single_frame_copy():
     assert bundled("rtdose.dcm").shape == (15, 32, 32)
     np.testing.assert_array_equal(bundled("rtdose.dcm")[0], bundled("rtdose_1frame.dcm")[0])
     np.testing.assert_array_equal(bundled("SC_rgb_rle_2frame.dcm")[0], bundled("SC_rgb_rle.dcm")[0])
+
+
+# --- fast paths: the same numbers as pydicom's general decoding ------------------------------------------------
+
+
+LENIENT = resolve("tiny", ["ingest.multiframe=frames", "ingest.rgb=convert"])
+
+
+def _bundled_native():
+    """(name, data set) of every bundled file whose pixels the native fast path reads."""
+    found = []
+    for path in sorted(p for p in PYDICOM_FILES.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, force=True)
+            header = _image_header(ds, path, LENIENT)
+        except Exception:  # noqa: BLE001 - not an image read_frames would decode: not a case for the fast path
+            continue
+        try:
+            fast = _native_pixels(ds, header)
+        except ValueError:  # cut-short pixel data: read_frames rejects those before this step
+            continue
+        if fast is not None:
+            found.append((path.relative_to(PYDICOM_FILES).as_posix(), ds, fast))
+    return found
+
+
+def test_native_fast_path_gives_pydicoms_pixels_for_every_bundled_file():
+    cases = _bundled_native()
+    assert len(cases) >= 20, [name for name, _, _ in cases]
+    checked = 0
+    for name, ds, fast in cases:
+        try:
+            reference = ds.pixel_array
+        except Exception:  # noqa: BLE001 - pydicom cannot decode it either (read_frames quarantines it)
+            continue
+        np.testing.assert_array_equal(fast, reference.reshape(fast.shape), err_msg=name)
+        assert fast.dtype == reference.dtype, name
+        checked += 1
+    assert checked >= 20
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_native_fast_path_ignores_unused_high_bits_like_pydicom(tmp_path, signed):
+    stored = (np.arange(SIZE * SIZE).reshape(SIZE, SIZE) % 4096 - (2048 if signed else 0)).astype(np.int32)
+    raw = stored.astype("<i2" if signed else "<u2").view("<u2") & 0x0FFF  # 12 bits stored...
+    raw |= 0xA000  # ...and garbage in the 4 unused high bits, which readers must ignore
+    path = write_dicom(tmp_path / "a.dcm", stored=raw.astype(np.int32), BitsStored=12, HighBit=11)
+    ds = pydicom.dcmread(path)
+    ds.PixelRepresentation = int(signed)
+    fast = _native_pixels(ds, _image_header(ds, path, cfg()))
+    assert fast is not None
+    np.testing.assert_array_equal(fast[0], ds.pixel_array)
+    np.testing.assert_array_equal(fast[0], stored)
+
+
+def test_one_pass_window_falls_back_where_float32_would_be_inexact(tmp_path):
+    # Unsigned 16-bit values near 60000 seen through a 50-wide window: the float32 pass could err by ~1e-5.
+    stored = 59_000 + np.arange(SIZE * SIZE, dtype=np.int32).reshape(SIZE, SIZE) * 30
+    path = write_dicom(tmp_path / "a.dcm", stored=stored, intercept=0.0, center=60_000.0, width=50.0)
+    ds = pydicom.dcmread(path)
+    assert _fused_window(ds, ds.pixel_array, (60_000.0, 50.0, "header")) is None
+    assert _fused_window(ds, ds.pixel_array, (40.0, 400.0, "header")) is not None
+    got = read_dicom(path, cfg())
+    np.testing.assert_allclose(got.image, by_hand(stored.astype(np.float64), 60_000.0, 50.0), atol=1e-6)

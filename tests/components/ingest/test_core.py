@@ -1,6 +1,7 @@
 import csv
 import json
 import shutil
+import time
 
 import numpy as np
 import pydicom
@@ -79,11 +80,25 @@ def test_phantom_ingests_into_a_complete_archive(data, cfg, tmp_path):
 
 
 def test_parallel_workers_write_the_same_archive(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(core, "_POOL_START_S", 0.0)  # small data runs in-process otherwise
-    monkeypatch.setattr(core.os, "cpu_count", lambda: 2)
-    assert core._use_pool(2, 2) and not core._use_pool(1000, 1)
     one = ingest(data, tmp_path / "one", resolve("tiny"), salt=SALT)["archive"]
+    monkeypatch.setattr(core, "_POOL_START_S", 0.0)  # small data runs in-process otherwise
+    monkeypatch.setattr(core, "_CHUNK", 2)
+    monkeypatch.setattr(core.os, "cpu_count", lambda: 2)
+    assert core._use_pool(5, 2) and not core._use_pool(1000, 1)
+    # This process decodes only while the workers start: slowed down here, it leaves most chunks to them (whose
+    # decode is the real one: they import their own copy of the module).
+    in_parent = []
+    real = core._decode
+
+    def slow(task, cfg):
+        in_parent.append(task.rel)
+        time.sleep(0.2)
+        return real(task, cfg)
+
+    monkeypatch.setattr(core, "_decode", slow)
     two = ingest(data, tmp_path / "two", resolve("tiny", ["ingest.workers=2"]), salt=SALT)["archive"]
+    n_files = len(labels(data))
+    assert 0 < len(in_parent) < n_files / 2, f"{len(in_parent)} of {n_files} files decoded outside the pool"
     for name in ("images.npy", "masks.npy", "manifest.parquet", "quarantine.csv", "archive.json"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
     assert one != two
