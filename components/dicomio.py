@@ -9,11 +9,13 @@ The pipeline, in order, for every frame of a file:
 2. decode the pixel data (pydicom, with pylibjpeg + openjpeg/libjpeg/rle for JPEG baseline/extended/lossless,
    JPEG-LS, JPEG 2000 and RLE; deflated, big-endian and implicit-VR files natively); uncompressed pixel data
    shorter than declared is reported as a truncated file;
-3. greyscale: Modality LUT (rescale slope/intercept or a Modality LUT Sequence): stored values -> modality units
-   (HU for CT); colour (RGB, YBR converted to RGB by pydicom, PALETTE COLOR through its colour table): ITU-R
-   BT.601 luminance, windowed over the full stored range (``window_source`` ``full_range``);
-4. greyscale: linear window to [0, 1]: the configured window, else the header's first WindowCenter/WindowWidth,
-   else the 0.5/99.5 percentiles of the frame;
+3. greyscale: Modality LUT (rescale slope/intercept, per frame for enhanced multi-frame images, or a Modality LUT
+   Sequence): stored values -> modality units (HU for CT); colour (RGB, YBR converted to RGB by pydicom, PALETTE
+   COLOR through its colour table): ITU-R BT.601 luminance, windowed over the full stored range (``window_source``
+   ``full_range``);
+4. greyscale: VOI to [0, 1]: the configured window, else the frame's header window (linear, or sigmoid where its
+   VOILUTFunction says so), else a VOI LUT Sequence, else the 0.5/99.5 percentiles of the frame (see
+   :mod:`components.windowing`);
 5. MONOCHROME1: invert (DICOM applies the window before this presentation inversion, so header windows of
    MONOCHROME1 files are in the uninverted modality units);
 6. make square (``ingest.square``: pad with black, or crop the centred square), resize to ``cfg.data.image_size``
@@ -40,8 +42,9 @@ import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, apply_modality_lut
+from pydicom.pixels import apply_color_lut
 
+from components import windowing
 from components.config import Config
 from components.errors import ConfigError, DataError
 
@@ -119,8 +122,8 @@ class DicomImage:
     modality: str
     photometric: str
     pixel_spacing: tuple[float, float] | None
-    window: tuple[float, float] | None  # (center, width) in modality units; None when percentiles were used
-    window_source: str  # config | header | percentile | full_range (colour)
+    window: tuple[float, float] | None  # (center, width) in modality units; None for a VOI LUT or percentiles
+    window_source: str  # config | header | voi_lut | percentile | full_range (colour)
     # PHI: only ever used to derive a salted hash, never written anywhere.
     patient_id: str | None
     frame: int = 0  # index of this frame in its file
@@ -287,22 +290,23 @@ def _read_frames(path: Path, cfg: Config, raw: bytes) -> list[DicomImage]:
             path,
             f"decoded shape {stored.shape} differs from the declared {n_frames} frame(s) of {rows}x{cols}",
         )
-    window = None if colour else _choose_window(ds, cfg)
-    fused = _fused_window(ds, stored, window)
     spacing, modality = _pixel_spacing(ds), str(ds.get("Modality", ""))
     patient_id = str(ds.PatientID) if ds.get("PatientID") else None
     out = []
     for i in range(n_frames):
+        # Colour values are display values already: no clinical window (the full stored range, see _colour_values).
+        window = None if colour else windowing.choose(ds, cfg, i)
+        linear = None if colour else windowing.rescale(ds, i)
+        fused = windowing.fused(stored, linear, window)
         if fused is not None and window is not None:
-            unit, frame_window = _window_stored(stored[i], *fused), window
+            unit = windowing.window_stored(stored[i], *fused)
         else:
-            unit, frame_window = _window_general(stored[i], ds, photometric, window, path, i)
+            unit, window = _window_general(stored[i], ds, photometric, window, linear, path, i)
         if photometric == "MONOCHROME1":
             np.subtract(1.0, unit, out=unit)
         image = resize_square(
             unit.astype(np.float32, copy=False), cfg.data.image_size, nearest=False, square=cfg.ingest.square
         )
-        center, width, source = frame_window
         out.append(
             DicomImage(
                 image=np.clip(image * 2.0 - 1.0, -1.0, 1.0).astype(np.float32),
@@ -311,8 +315,8 @@ def _read_frames(path: Path, cfg: Config, raw: bytes) -> list[DicomImage]:
                 modality=modality,
                 photometric=photometric,
                 pixel_spacing=spacing,
-                window=None if source == "percentile" else (center, width),
-                window_source=source,
+                window=(window.center, window.width) if window.source in ("config", "header") else None,
+                window_source=window.source,
                 patient_id=patient_id,
                 frame=i,
                 n_frames=n_frames,
@@ -322,25 +326,36 @@ def _read_frames(path: Path, cfg: Config, raw: bytes) -> list[DicomImage]:
 
 
 def _window_general(
-    stored: np.ndarray, ds: Dataset, photometric: str, window: tuple[float, float, str] | None, path: Path, index: int
-) -> tuple[np.ndarray, tuple[float, float, str]]:
-    """Steps 3-4 for one frame in float64 (any LUT, colour, percentile windows): ``unit`` in [0, 1] and its window."""
+    stored: np.ndarray,
+    ds: Dataset,
+    photometric: str,
+    window: windowing.Window | None,
+    linear: tuple[float, float] | None,
+    path: Path,
+    index: int,
+) -> tuple[np.ndarray, windowing.Window]:
+    """Steps 3-4 for one frame in float64 (any LUT, colour, percentiles): ``unit`` in [0, 1] and the VOI used."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), np.errstate(over="ignore"):
             warnings.simplefilter("ignore")
-            values, full_range = _decode_frame(stored, ds, photometric)
+            if photometric in _GREY:
+                assert window is not None
+                values = windowing.modality_values(stored, ds, linear)
+            else:
+                values, full_range = _colour_values(stored, ds, photometric)
+                window = windowing.Window(full_range / 2.0, full_range, "full_range")
+            _check_finite(values, path, index)
+            # ``values`` is this frame's own float64 array: windowed in place, no further full-size copy.
+            return windowing.apply(values, window, ds), window
+    except ImageRejected:
+        raise
     except Exception as exc:  # noqa: BLE001 - a LUT that does not fit the data is this file's problem
         raise ImageRejected("decode_error", path, f"frame {index} could not be converted: {_scrub(exc, ds)}") from None
+
+
+def _check_finite(values: np.ndarray, path: Path, index: int) -> None:
     if not np.isfinite(values).all():
         raise ImageRejected("decode_error", path, f"pixel data of frame {index} contains NaN or infinite values")
-    # Colour values are display values already: no clinical window, the full stored range instead.
-    center, width, source = window or (full_range / 2.0, full_range, "full_range")
-    # ``values`` is this frame's own float64 array (or a view of the decoded frame, not used again): window it in
-    # place, which gives the same numbers as a copy without allocating one more full-size float64 array.
-    if source == "percentile":
-        lo, hi = np.percentile(values, [0.5, 99.5])
-        return _linear(values, float(lo), float(hi), in_place=True), (center, width, source)
-    return _linear(values, center - width / 2, center + width / 2, in_place=True), (center, width, source)
 
 
 def read_dicom(path: str | os.PathLike[str], cfg: Config) -> DicomImage:
@@ -400,7 +415,7 @@ def read_mask(
 
 def window_unit(values: np.ndarray, center: float, width: float) -> np.ndarray:
     """Linear window: ``center - width/2`` maps to 0, ``center + width/2`` to 1, values outside are clipped."""
-    return _linear(values, center - width / 2, center + width / 2)
+    return windowing.linear_unit(values, center - width / 2, center + width / 2)
 
 
 def square_up(arr: np.ndarray, square: str = "pad") -> np.ndarray:
@@ -487,44 +502,10 @@ def _parse(path: Path, stop_before_pixels: bool, raw: bytes | None = None) -> Da
         raise ImageRejected("unreadable", path, f"corrupt or truncated DICOM ({_exc_name(exc)})") from None
 
 
-def _choose_window(ds: Dataset, cfg: Config) -> tuple[float, float, str]:
-    if cfg.data.window_center is not None and cfg.data.window_width is not None:
-        return float(cfg.data.window_center), float(cfg.data.window_width), "config"
-    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
-    if center is not None and width is not None and width > 0 and math.isfinite(center) and math.isfinite(width):
-        return center, width, "header"
-    return 0.0, 0.0, "percentile"
-
-
-def _first(value: object) -> float | None:
-    """First value of a possibly multi-valued numeric element, or None if absent or not a number."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
-        if len(value) == 0:
-            return None
-        value = value[0]
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-
-
-def _linear(values: np.ndarray, lo: float, hi: float, in_place: bool = False) -> np.ndarray:
-    """``(values - lo) / (hi - lo)`` clipped to [0, 1], in float64; ``in_place`` reuses a float64 ``values``."""
-    if not hi > lo:  # a constant image (or degenerate window): all black rather than a division by zero
-        return np.zeros_like(values, dtype=np.float64)
-    if in_place and values.dtype == np.float64 and values.flags.writeable:
-        out = np.subtract(values, lo, out=values)
-    else:
-        out = np.subtract(values, lo, dtype=np.float64)  # in place from here: one array, not three
-    out /= hi - lo
-    return np.clip(out, 0.0, 1.0, out=out)
-
-
 def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
+    """Row and column spacing in mm: the (first frame's) Pixel Measures functional group, else the top level."""
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = ds.get(keyword)
+        value = windowing.frame_value(ds, 0, "PixelMeasuresSequence", keyword)
         if value is not None and len(value) == 2:
             try:
                 return float(value[0]), float(value[1])
@@ -550,14 +531,11 @@ def _scrub(exc: BaseException, ds: Dataset) -> str:
     return text
 
 
-def _decode_frame(stored: np.ndarray, ds: Dataset, photometric: str) -> tuple[np.ndarray, float]:
-    """One decoded frame -> float64 values and the full value range (colour only; 0 for greyscale).
+def _colour_values(stored: np.ndarray, ds: Dataset, photometric: str) -> tuple[np.ndarray, float]:
+    """A colour frame -> ITU-R BT.601 luminance (float64) in stored units, and the full stored value range.
 
-    Greyscale goes through the Modality LUT; RGB (pydicom has already converted YBR to RGB) and palette images
-    become ITU-R BT.601 luminance in stored units.
+    RGB (pydicom has already converted YBR to RGB) and palette images (through their colour table).
     """
-    if photometric in _GREY:
-        return np.asarray(apply_modality_lut(stored, ds), dtype=np.float64), 0.0
     if photometric == "PALETTE COLOR":
         rgb = apply_color_lut(stored, ds)
         bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
@@ -569,8 +547,6 @@ def _decode_frame(stored: np.ndarray, ds: Dataset, photometric: str) -> tuple[np
 
 # Uncompressed little-endian transfer syntaxes (implicit, explicit VR): their pixels are read by _native_pixels.
 _NATIVE_LITTLE_ENDIAN = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
-# Largest error in [0, 1] units the one-pass float32 window may make before the float64 path is used instead.
-_FUSED_MAX_ERROR = 1e-6
 
 
 def _native_pixels(ds: Dataset, image: _ImageHeader) -> np.ndarray | None:
@@ -601,49 +577,6 @@ def _native_pixels(ds: Dataset, image: _ImageHeader) -> np.ndarray | None:
         shift = bits - stored_bits
         arr = np.right_shift(np.left_shift(arr, shift), shift)
     return arr
-
-
-def _fused_window(
-    ds: Dataset, stored: np.ndarray, window: tuple[float, float, str] | None
-) -> tuple[float, float] | None:
-    """``(scale, offset)`` such that ``clip(stored * scale + offset, 0, 1)`` is Modality LUT + linear window, or None.
-
-    For integer pixels of at most 16 bits with a linear Modality LUT (slope/intercept; absent tags mean the identity,
-    as in pydicom, which applies them only when both are present) and a known window. Stored integers of 16 bits are
-    exact in float32, so for a pixel inside the window (``|stored * scale| <= |offset| + 1``) the one float32 pass of
-    :func:`_window_stored` errs by at most about ``3 * 2**-24 * (|offset| + 1)``; pixels outside are clipped anyway.
-    Where that bound passes ``_FUSED_MAX_ERROR`` (a narrow window far from zero), or for a Modality LUT Sequence,
-    32-bit, float or colour data, or a percentile window, the frame takes the general float64 path instead (None).
-    """
-    if window is None or window[2] == "percentile" or not (math.isfinite(window[1]) and window[1] > 0):
-        return None  # percentiles need the values first; a degenerate window is left to the general path
-    if stored.dtype.kind not in "iu" or stored.dtype.itemsize > 2 or ds.get("ModalityLUTSequence"):
-        return None
-    slope, intercept = 1.0, 0.0
-    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
-        got_slope, got_intercept = _first(ds.RescaleSlope), _first(ds.RescaleIntercept)
-        if got_slope is None or got_intercept is None:
-            return None  # let the general path report what it makes of these tags
-        slope, intercept = got_slope, got_intercept
-    center, width, _ = window
-    lo = center - width / 2
-    scale, offset = slope / width, (intercept - lo) / width
-    bound = 3.0 * (abs(offset) + 1.0) * 2.0**-24
-    if not (math.isfinite(scale) and math.isfinite(bound)) or bound > _FUSED_MAX_ERROR:
-        return None
-    return scale, offset
-
-
-def _window_stored(stored: np.ndarray, scale: float, offset: float) -> np.ndarray:
-    """Modality LUT and linear window in one float32 pass over the stored integers (see :func:`_fused_window`).
-
-    The same numbers as :func:`apply_modality_lut` followed by :func:`window_unit` in float64, to within
-    ``_FUSED_MAX_ERROR``, with one float32 array instead of three float64 ones.
-    """
-    unit = stored.astype(np.float32)
-    unit *= np.float32(scale)
-    unit += np.float32(offset)
-    return np.clip(unit, 0.0, 1.0, out=unit)
 
 
 def _check_native_length(ds: Dataset, path: Path, image: _ImageHeader) -> None:

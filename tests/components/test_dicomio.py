@@ -9,10 +9,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from components import windowing
 from components.config import resolve
 from components.dicomio import (
     ImageRejected,
-    _fused_window,
     _image_header,
     _native_pixels,
     read_dicom,
@@ -493,8 +493,82 @@ def test_one_pass_window_falls_back_where_float32_would_be_inexact(tmp_path):
     # Unsigned 16-bit values near 60000 seen through a 50-wide window: the float32 pass could err by ~1e-5.
     stored = 59_000 + np.arange(SIZE * SIZE, dtype=np.int32).reshape(SIZE, SIZE) * 30
     path = write_dicom(tmp_path / "a.dcm", stored=stored, intercept=0.0, center=60_000.0, width=50.0)
-    ds = pydicom.dcmread(path)
-    assert _fused_window(ds, ds.pixel_array, (60_000.0, 50.0, "header")) is None
-    assert _fused_window(ds, ds.pixel_array, (40.0, 400.0, "header")) is not None
+    pixels = pydicom.dcmread(path).pixel_array
+    assert windowing.fused(pixels, (1.0, 0.0), windowing.Window(60_000.0, 50.0, "header")) is None
+    assert windowing.fused(pixels, (1.0, 0.0), windowing.Window(40.0, 400.0, "header")) is not None
     got = read_dicom(path, cfg())
     np.testing.assert_allclose(got.image, by_hand(stored.astype(np.float64), 60_000.0, 50.0), atol=1e-6)
+
+
+# --- enhanced multi-frame functional groups, VOI LUT function and sequence ---------------------------------------
+
+
+def group(**sequences):
+    """A functional-group item: keyword -> dict of the one item of that sequence."""
+    item = Dataset()
+    for keyword, values in sequences.items():
+        inner = Dataset()
+        for key, value in values.items():
+            setattr(inner, key, value)
+        setattr(item, keyword, [inner])
+    return item
+
+
+def test_enhanced_multiframe_uses_each_frames_rescale_window_and_the_shared_spacing(tmp_path):
+    frames = [STORED, STORED[::-1], STORED.T]
+    per_frame = [  # (slope, intercept, center, width) of each frame; frame 2 takes the shared window
+        (1.0, -1024.0, 40.0, 400.0),
+        (2.0, -2048.0, -600.0, 1500.0),
+        (0.5, 0.0, None, None),
+    ]
+    items = []
+    for slope, intercept, center, width in per_frame:
+        groups = {"PixelValueTransformationSequence": {"RescaleSlope": slope, "RescaleIntercept": intercept}}
+        if center is not None:
+            groups["FrameVOILUTSequence"] = {"WindowCenter": center, "WindowWidth": width}
+        items.append(group(**groups))
+    shared = group(
+        PixelMeasuresSequence={"PixelSpacing": [0.3, 0.4]},
+        FrameVOILUTSequence={"WindowCenter": 500.0, "WindowWidth": 1000.0},
+    )
+    path = write_dicom(
+        tmp_path / "enhanced.dcm",
+        stored=STORED,
+        pixels=False,
+        NumberOfFrames=3,
+        PixelData=np.stack(frames).astype("<u2").tobytes(),
+        center=0.0,  # top-level values that the functional groups override
+        width=10.0,
+        PerFrameFunctionalGroupsSequence=items,
+        SharedFunctionalGroupsSequence=[shared],
+    )
+    got = read_frames(path, cfg())
+    for frame, stored, (slope, intercept, center, width) in zip(got, frames, per_frame, strict=True):
+        center, width = (center, width) if center is not None else (500.0, 1000.0)
+        np.testing.assert_allclose(frame.image, by_hand(stored * slope + intercept, center, width), atol=1e-6)
+        assert frame.window == (center, width) and frame.window_source == "header"
+        assert frame.pixel_spacing == (0.3, 0.4)
+
+
+def test_sigmoid_voi_lut_function(tmp_path):
+    path = write_dicom(tmp_path / "s.dcm", center=40.0, width=400.0, VOILUTFunction="SIGMOID")
+    got = read_dicom(path, cfg())
+    hu = STORED.astype(np.float64) - 1024.0
+    expected = 1.0 / (1.0 + np.exp(-4.0 * (hu - 40.0) / 400.0)) * 2 - 1
+    np.testing.assert_allclose(got.image, expected, atol=1e-6)
+    assert got.window == (40.0, 400.0) and got.window_source == "header"
+    linear = read_dicom(write_dicom(tmp_path / "l.dcm", center=40.0, width=400.0), cfg())
+    assert np.abs(linear.image - got.image).max() > 0.1  # the function really changed the picture
+
+
+def test_voi_lut_sequence_when_the_header_has_no_window(tmp_path):
+    lut = Dataset()
+    lut.add_new("LUTDescriptor", "US", [4096, 0, 12])  # 4096 entries from modality value 0, 12-bit output
+    lut.add_new("LUTData", "US", [min(4095, 2 * v) for v in range(4096)])  # doubles the value, saturating
+    path = write_dicom(tmp_path / "v.dcm", intercept=0.0, VOILUTSequence=[lut])
+    got = read_dicom(path, cfg())
+    expected = np.minimum(4095, 2 * np.clip(STORED, 0, 4095)) / 4095.0 * 2 - 1
+    np.testing.assert_allclose(got.image, expected, atol=1e-6)
+    assert got.window is None and got.window_source == "voi_lut"
+    configured = read_dicom(path, cfg(window_center=1000, window_width=2000))
+    assert configured.window_source == "config"  # config first, as always
