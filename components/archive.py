@@ -17,19 +17,27 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import mmap
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, stale temporary folders are then left for the user
+    fcntl = None  # type: ignore[assignment]
+
 from components.errors import DataError
 from components.samples import content_hash, sample_stats
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
@@ -134,10 +142,14 @@ class ArchiveWriter:
         self.rows: list[dict[str, Any]] = []
         self.quarantine: list[dict[str, str]] = []
         self._tmp: Path | None = None
+        self._lock: IO[str] | None = None
 
     def __enter__(self) -> ArchiveWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in sweep_stale(self.path):
+            log.warning("removed %s: the temporary folder of an interrupted writer of %s", stale, self.path.name)
         self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
+        self._lock = _hold_lock(self._tmp)
         shape = (self.capacity, self.size, self.size)
         self._images = np.lib.format.open_memmap(self._tmp / "images.full.npy", "w+", np.float32, shape)
         self._masks = np.lib.format.open_memmap(self._tmp / "masks.full.npy", "w+", np.uint8, shape)
@@ -241,13 +253,76 @@ class ArchiveWriter:
             "dataset_hash": dataset_hash,
         }
         (self._tmp / "archive.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True))
-        if self.path.exists():
-            shutil.rmtree(self.path)
+        (self._tmp / _LOCK_NAME).unlink()  # still held through the open file; gone from the archive's files
+        old = None
+        if self.path.exists():  # set the previous archive aside first: there is always a whole archive or none
+            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
+            os.replace(self.path, old)
         os.replace(self._tmp, self.path)
         self._tmp = None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        self._release()
         return self.path
 
     def __exit__(self, *exc: object) -> None:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+_LOCK_NAME = ".writer.lock"
+
+
+def _hold_lock(folder: Path) -> IO[str] | None:
+    """Lock ``folder`` as this process's work in progress for as long as the returned file is open.
+
+    The lock file is created and locked under another name, then renamed into place: a sweeper never finds it
+    unlocked while its writer lives. The kernel drops the lock when the writer dies, however it dies. None where
+    ``fcntl`` is missing (Windows): there nothing is ever swept.
+    """
+    if fcntl is None:
+        return None
+    fd, name = tempfile.mkstemp(prefix=".lock-", dir=folder)
+    handle = os.fdopen(fd, "w")
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.replace(name, folder / _LOCK_NAME)
+    return handle
+
+
+def sweep_stale(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove what writers of the archive at ``path`` left behind when they were killed (SIGKILL, OOM, power loss).
+
+    Their temporary folders are hidden and never accepted as an archive, but they hold a dataset's worth of disk.
+    A folder is removed only when its lock file is there and nobody holds the lock: the temporary folder of a
+    writer that is still running (here or in another process) is left alone, and so is anything without a lock
+    file (another program's, or one being set up this instant). Also removes a previous archive set aside by a
+    commit that was killed before deleting it.
+    """
+    path = Path(path)
+    removed = []
+    if fcntl is None or not path.parent.is_dir():
+        return removed
+    for folder in sorted(path.parent.glob(f".{path.name}.tmp-*")):
+        try:
+            handle = (folder / _LOCK_NAME).open()
+        except OSError:
+            continue
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its writer is alive
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    if path.exists():
+        for old in sorted(path.parent.glob(f".{path.name}.old-*")):
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old)
+    return removed

@@ -1,16 +1,16 @@
 """An ingest that dies half-way leaves nothing that later stages would accept, and a rerun succeeds."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 
-from components.archive import open_archive
+from components.archive import ArchiveWriter, open_archive, sweep_stale
 from components.config import resolve
 from components.errors import DataError
 from components.ingest import decode
@@ -98,4 +98,23 @@ def test_sigkill_mid_ingest_leaves_nothing_open_archive_accepts(phantom, tmp_pat
     summary = ingest(phantom, out, resolve("tiny"), salt=SALT)
     archive = open_archive(out)
     assert len(archive) == summary["n_ok"] == 36
-    shutil.rmtree(tmp_path / stale[0])
+    assert leftovers(tmp_path) == []  # the next writer swept the dead one's folder away
+
+
+def test_a_live_writers_folder_is_not_swept(tmp_path):
+    out = tmp_path / "archive"
+    with ArchiveWriter(out, capacity=2, image_size=4) as first:
+        with ArchiveWriter(out, capacity=2, image_size=4) as second:  # e.g. a second ingest of the same folder
+            assert len(leftovers(tmp_path)) == 2
+            second.add(np.zeros((4, 4), np.float32), np.zeros((4, 4), np.uint8), {})
+            second.commit({})
+        assert leftovers(tmp_path) == [first._tmp.name]  # still there, still locked
+        assert sweep_stale(out) == []
+    assert leftovers(tmp_path) == []  # its own exit cleans up
+    assert sorted(p.name for p in out.iterdir()) == [
+        "archive.json",
+        "images.npy",
+        "manifest.parquet",
+        "masks.npy",
+        "quarantine.csv",
+    ]  # no lock file in the committed archive
