@@ -101,6 +101,9 @@ class TrainConfig:
     checkpoint_every: int = 200
     log_every: int = 25
     sample_every: int = 200
+    # EMA-generator snapshots kept at this many evenly spaced steps (the last at train.steps) for the evaluate
+    # stage's FID-over-training curve; 0 keeps none.
+    fid_snapshots: int = 5
     # Divergence guards: each one rolls back to the last good checkpoint with halved learning rates (as a
     # non-finite loss does); after max_rollbacks rollbacks the run fails. 0 disables a bound.
     max_rollbacks: int = 3
@@ -117,9 +120,11 @@ class TrainConfig:
     namespace: str = "kubeflow"
     service_account: str = ""  # pod service account of the training job; empty: the namespace default
     image_pull_policy: str = "IfNotPresent"
-    # PersistentVolumeClaim mounted at data_mount_path in every training pod; the archive, split and model
-    # folders handed to a Kubernetes launcher must lie under that path.
-    data_volume_claim: str = ""
+    # PersistentVolumeClaim mounted at data_mount_path in every training pod (and in the pipeline's train task,
+    # which stages the archive and split there and copies the model back); the archive, split and model folders
+    # handed to a Kubernetes launcher must lie under that path. Default: the claim of k8s/trainer/pvc.yaml; empty
+    # mounts nothing (only for images that carry the data themselves, never in the pipeline).
+    data_volume_claim: str = "medgan-data"
     data_mount_path: str = "/workspace/data"
     job_timeout_s: int = 86400
 
@@ -130,6 +135,11 @@ class EvalConfig:
 
     feature_extractor: str = "inception"
     fid_samples: int = 128  # synthetic samples drawn for FID/KID (real side: the whole real training split)
+    # Synthetic samples per train.fid_snapshots point of the FID curve: an evenly spaced subset of fid_samples'
+    # latents and labels (class mix kept), the same for every snapshot; 0: all fid_samples. Fewer by default as each
+    # costs an Inception pass (2-core CPU: ~0.2 s per image); FID is biased upward at small sample counts, so the
+    # curve's points are compared with each other, not with the headline FID.
+    fid_curve_samples: int = 64
     kid_subset_size: int = 64
     kid_subsets: int = 20
     bootstrap: int = 50
@@ -248,6 +258,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "eval": {
             "fid_samples": 2000,
+            "fid_curve_samples": 0,
             "kid_subset_size": 500,
             "kid_subsets": 50,
             "bootstrap": 200,
@@ -270,6 +281,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "eval": {
             "fid_samples": 5000,
+            "fid_curve_samples": 0,
             "kid_subset_size": 1000,
             "kid_subsets": 50,
             "bootstrap": 200,

@@ -2,12 +2,13 @@
 
 1. fidelity: FID and KID (every metric in :data:`components.metrics.METRICS`) of EMA-generator samples against the
    real training split, overall and per class, with bootstrap confidence intervals; the synthetic class mix
-   follows the real training split;
+   follows the real training split; FID over training from the trainer's snapshots (:mod:`.curve`);
 2. utility: Dice on real test patients of a segmentation net trained on real data vs real + synthetic pairs;
 3. consistency: do generated masks sit on lesions, and do they agree with the class?
 4. privacy: nearest-real-neighbour memorization audit;
-5. outputs: ``metrics.json`` (flat, the gate reads it), ``report.json`` + ``report.html`` (the review report),
-   and the same metrics in MLflow under ``eval/``.
+5. outputs: ``metrics.json`` (flat, the gate reads it), ``report.json`` + ``report.html`` (the review report,
+   with the validate stage's results and rebalance's split check), and the same metrics in MLflow under ``eval/``
+   (the FID curve as ``eval/fid_curve`` by training step).
 
 Outputs are written only after every metric is computed, each file atomically, ``metrics.json`` last: a failed
 evaluation leaves no ``metrics.json`` for the register stage to pick up.
@@ -31,13 +32,14 @@ import torch
 from components.archive import open_archive
 from components.config import Config
 from components.errors import ConfigError, DataError
+from components.evaluate.curve import fid_curve
 from components.evaluate.report import atomic_write_text, json_safe, pair_grid, png_base64, write_report
 from components.metrics import METRICS, compute_metric
 from components.metrics.consistency import consistency_report, pair_statistics
 from components.metrics.dice import SEG_FEATURES, paired_dice_ci, train_and_score
 from components.metrics.features import extract_features, get_extractor
 from components.metrics.memorization import memorization_audit
-from components.rebalance.core import load_split
+from components.rebalance.core import load_split, load_split_check
 
 MIN_PER_CLASS = 4  # synthetic samples per class at least, so that per-class metrics exist for rare classes
 REPORT_SAMPLES = 8  # tiles per class and side in the report
@@ -250,7 +252,8 @@ def evaluate(
 
     ``tracking`` (``tracking_uri``, ``experiment``, ``run_key``) logs the metrics as ``eval/<key>`` to the
     pipeline's MLflow run; ``cache_dir`` keeps real-image features between runs; ``validation`` (the validate
-    stage's summary) is shown in the report. Returns the flat metrics (``None`` where a value is undefined).
+    stage's summary) is shown in the report, next to the split check rebalance left in ``split_dir``. Returns the
+    flat metrics (``None`` where a value is undefined).
     """
     from components.gan.sampling import generate, load_generator  # heavy, and not needed to import this module
 
@@ -301,6 +304,19 @@ def evaluate(
         real_feats, real_labels, fake_feats, fake_labels, classes, options, seeds["metrics"]
     )
     timings["distribution_metrics"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    curve = fid_curve(
+        model_dir,
+        int(gmeta.get("step", 0)),
+        real_feats,
+        fake_labels,
+        fake_feats,
+        seeds["fid"],
+        ev.fid_curve_samples,
+        extractor,
+        device,
+    )
+    timings["fid_curve"] = time.perf_counter() - clock
 
     # 2. utility: Dice real vs real + synthetic, same optimiser budget ------------------------------------------
     clock = time.perf_counter()
@@ -389,8 +405,10 @@ def evaluate(
         "neighbours": neighbours,
         "consistency": consistency,
         "losses": _losses(model_dir),
+        "fid_curve": {**curve, "n_samples_headline": len(fake_labels)},
         "class_distribution": distribution,
         "validation": validation,
+        "split_validation": load_split_check(split_dir),
         "timings": {**timings, "feature_img_per_s": len(fake_feats) / max(timings["features_synthetic"], 1e-9)},
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -401,6 +419,9 @@ def evaluate(
 
         tracker = RunTracker.of(tracking)
         tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items() if v is not None})
+        for step, value in zip(curve["steps"], curve["fid"], strict=True):
+            if value is not None:
+                tracker.log_metrics({"eval/fid_curve": value}, step=step)
         tracker.log_artifact(out / "metrics.json", "eval")
         tracker.log_artifact(out / "report.json", "eval")
         tracker.log_artifact(html_path, "report")

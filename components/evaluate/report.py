@@ -425,17 +425,82 @@ def _distribution(r: dict[str, Any]) -> str:
     return "<h2>Class distribution per split</h2>" + _table(("class", *map(_e, splits), "total"), rows, "dist")
 
 
+def _fid_curve(r: dict[str, Any]) -> str:
+    """FID of the trainer's EMA snapshots by step, and one sentence on whether it fell from first to last."""
+    c = r.get("fid_curve") or {}
+    points = [(s, v) for s, v in zip(c.get("steps") or [], c.get("fid") or [], strict=False) if v is not None]
+    if not points:
+        return (
+            '<h2>FID over training</h2><p class="muted">No FID curve in this report: the trainer kept no snapshots '
+            "(train.fid_snapshots=0, or a model trained before they existed).</p>"
+        )
+    (s0, first), (s1, last) = points[0], points[-1]
+    span = f"{_fmt(first)} at step {_fmt(s0)}"
+    if len(points) < 2:
+        verdict = f'<p class="pending">Only step {_fmt(s1)} was scored (FID {_fmt(last)}): no trend to read.</p>'
+    elif last < first:
+        low_step, low = min(points, key=lambda p: p[1])
+        best = f" (lowest: {_fmt(low)} at step {_fmt(low_step)})" if low < last else ""
+        verdict = f'<p class="good">FID fell from {span} to {_fmt(last)} at step {_fmt(s1)}{best}.</p>'
+    else:
+        verdict = f'<p class="bad">FID did not fall: {span}, {_fmt(last)} at step {_fmt(s1)}.</p>'
+    text = (
+        f"<p>FID of {_fmt(c.get('n_samples'))} synthetic samples per point (the same latents and labels at every "
+        f"step; the headline FID uses {_fmt(c.get('n_samples_headline'))}, and FID is biased upward at small sample "
+        "counts, so compare the points with each other) against the headline FID's real features. The last point is "
+        "the final model.</p>"
+    )
+    notes = "".join(f"<li>{_e(n)}</li>" for n in c.get("notes") or [])
+    return (
+        "<h2>FID over training</h2>"
+        + verdict
+        + text
+        + svg_line_chart([s for s, _ in points], {"FID": [v for _, v in points]}, "FID by training step")
+        + _table(("step", "FID"), [(_fmt(s), _fmt(v)) for s, v in points], "metrics")
+        + (f"<ul class='notes'>{notes}</ul>" if notes else "")
+    )
+
+
 def _validation(r: dict[str, Any]) -> str:
     v = r.get("validation")
-    if not v:
-        return "<h2>Data validation</h2>" + _missing("data-validation results")
-    results = v.get("results", []) if isinstance(v, dict) else list(v)
+    if v:
+        results = v.get("results", []) if isinstance(v, dict) else list(v)
+        drift = _drift(v.get("drift") if isinstance(v, dict) else None)
+        dataset = _expectation_counts(results) + drift + _expectation_table(results)
+    else:
+        dataset = _missing("data-validation results")
+    return (
+        "<h2>Data validation</h2><h3>Dataset (validate stage)</h3>"
+        + dataset
+        + "<h3>Patient-level split (rebalance stage)</h3>"
+        + _split_check(r.get("split_validation"))
+    )
+
+
+def _split_check(check: dict[str, Any] | None) -> str:
+    """The rebalance stage's great-expectations split check, in the validate stage's layout."""
+    if not check:
+        return _missing("split check results (the split was made without the check)")
+    results = check.get("results", [])
+    verdict = (
+        '<p class="good">No patient is in two splits; every sample is in exactly one known split.</p>'
+        if check.get("success") and not any(not x.get("success") for x in results)
+        else ""
+    )
+    return verdict + _expectation_counts(results) + _expectation_table(results)
+
+
+def _expectation_counts(results: list[dict[str, Any]]) -> str:
     failed = [x for x in results if not x.get("success")]
     critical = [x for x in failed if x.get("severity") == "critical"]
-    head = (
+    return (
         f"<p>{len(results)} expectations, {len(failed)} failed "
         f"({len(critical)} critical, {len(failed) - len(critical)} warnings).</p>"
     )
+
+
+def _expectation_table(results: list[dict[str, Any]]) -> str:
+    """One row per expectation, failures first (critical before warnings); ``unexpected`` = rows affected."""
     rows = [
         (
             _e(x.get("batch", "")),
@@ -447,12 +512,7 @@ def _validation(r: dict[str, Any]) -> str:
         )
         for x in sorted(results, key=lambda x: (bool(x.get("success")), x.get("severity") != "critical"))
     ]
-    return (
-        "<h2>Data validation</h2>"
-        + head
-        + _drift(v.get("drift") if isinstance(v, dict) else None)
-        + _table(("batch", "expectation", "column", "result", "severity", "unexpected"), rows, "metrics")
-    )
+    return _table(("batch", "expectation", "column", "result", "severity", "unexpected rows"), rows, "metrics")
 
 
 def _drift(drift: dict[str, Any] | None) -> str:
@@ -550,6 +610,7 @@ def render_report(report: dict[str, Any]) -> str:
             _metrics(report),
             _dice(report),
             _samples(report),
+            _fid_curve(report),
             _neighbours(report),
             _consistency(report),
             _curves(report),

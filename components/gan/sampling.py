@@ -1,12 +1,14 @@
 """Loading a trained generator, sampling labelled image + mask pairs, and the per-class sample grid.
 
 ``generator.pt`` (written by the trainer) holds the EMA generator's state dict, its constructor arguments and the
-class names, so it rebuilds itself without the training config.
+class names, so it rebuilds itself without the training config. The EMA snapshots the trainer keeps along the run
+(``snapshots/generator_<step>.pt``, for the FID-over-training curve) have the same format.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,8 @@ from components.gan.networks import Generator
 
 GENERATOR_FILE = "generator.pt"
 GENERATOR_FORMAT = 1
+SNAPSHOT_DIR = "snapshots"
+_SNAPSHOT_NAME = re.compile(r"generator_(\d+)\.pt")
 MASK_THRESHOLD = 0.5
 GRID_PAD = 2  # pixels between cells, and between the image and the mask of one cell
 
@@ -48,6 +52,18 @@ def load_generator(
     generator.to(device).eval().requires_grad_(False)
     meta = {key: value for key, value in blob.items() if key != "state_dict"}
     return generator, meta
+
+
+def snapshot_path(model_dir: str | os.PathLike[str], step: int) -> Path:
+    """Where the trainer keeps the EMA generator snapshot of ``step`` (zero-padded, so names sort by step)."""
+    return Path(model_dir) / SNAPSHOT_DIR / f"generator_{step:08d}.pt"
+
+
+def list_snapshots(model_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every EMA generator snapshot in ``model_dir``, by step; empty when there are none."""
+    folder = Path(model_dir) / SNAPSHOT_DIR
+    found = [(m, p) for p in folder.glob("generator_*.pt") if (m := _SNAPSHOT_NAME.fullmatch(p.name))]
+    return sorted((int(m.group(1)), p) for m, p in found)
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from components.errors import ConfigError, DataError
 from components.validate.core import check_split
 
 SPLITS = ("train", "val", "test")
+SPLIT_CHECK_DIR = "split_validation"  # in the split folder: the split check's Data Docs and validation.json
 STRATEGIES = ("none", "weighted-sampler", "class-weighted-loss")
 
 
@@ -79,7 +81,8 @@ def rebalance(
 ) -> dict[str, Any]:
     """Write ``split.parquet`` (index, sample_id, patient, label, split, weight) and ``distribution.json``.
 
-    The split table is validated first (Data Docs in ``out_dir/split_validation``); a leak raises ``ValidationFailed``.
+    The split table is validated first (Data Docs in ``out_dir/split_validation``, its results read back by
+    :func:`load_split_check`); a leak raises ``ValidationFailed``.
     ``check=False`` skips that great-expectations run (benchmarks on machines without the GX stack).
     """
     archive = open_archive(archive_dir)
@@ -129,8 +132,10 @@ def rebalance(
     out.mkdir(parents=True, exist_ok=True)
     # Raises ValidationFailed (nothing written but the check's Data Docs) if a patient landed in two splits.
     if check:
-        result = check_split(table, out / "split_validation", cfg, tracker)
+        result = check_split(table, out / SPLIT_CHECK_DIR, cfg, tracker)
         summary["split_check"] = {k: result[k] for k in ("success", "n_expectations", "n_warnings")}
+    else:  # an earlier check's results would vouch for a split they never saw
+        shutil.rmtree(out / SPLIT_CHECK_DIR, ignore_errors=True)
     tmp = out / ".split.parquet.tmp"
     table.to_parquet(tmp, index=False)
     os.replace(tmp, out / "split.parquet")
@@ -147,3 +152,19 @@ def load_split(split_dir: str | os.PathLike[str]) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{split_dir}: no split.parquet; run the rebalance stage first")
     return pd.read_parquet(path)
+
+
+def load_split_check(split_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The split check's summary (per expectation: result, severity, unexpected rows) for the review report.
+
+    ``None`` when the split was made without the check (``rebalance(check=False)``). The Data Docs path is dropped:
+    it names a folder of the machine that ran rebalance, and the report links nothing outside itself.
+    """
+    path = Path(split_dir) / SPLIT_CHECK_DIR / "validation.json"
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable split check results ({exc}); re-run rebalance") from exc
+    return {k: v for k, v in summary.items() if k != "data_docs"}

@@ -12,6 +12,8 @@ Outputs in ``out_dir`` (all written atomically)::
     training_options.json   the resolved config
     losses.csv              per-step losses and step times
     samples.png             the final per-class sample grid (rows = classes, cells = image | mask)
+    snapshots/              EMA generator at train.fid_snapshots evenly spaced steps (generator.pt's format), for
+                            the FID-over-training curve; kept across resumes, cleared when training starts afresh
     train_summary.json      what :meth:`Trainer.fit` returns
 """
 
@@ -47,7 +49,14 @@ from components.config import Config
 from components.errors import ConfigError, DataError, TrainingError
 from components.gan.loss import PhasedLoss
 from components.gan.networks import Discriminator, Generator
-from components.gan.sampling import GENERATOR_FILE, GENERATOR_FORMAT, sample_grid
+from components.gan.sampling import (
+    GENERATOR_FILE,
+    GENERATOR_FORMAT,
+    SNAPSHOT_DIR,
+    list_snapshots,
+    sample_grid,
+    snapshot_path,
+)
 from components.rebalance.core import load_split
 from components.tracking import NullTracker, Tracker
 
@@ -180,6 +189,14 @@ def fingerprint(*modules: nn.Module) -> str:
     return h.hexdigest()
 
 
+def snapshot_steps(steps: int, count: int) -> list[int]:
+    """The ``count`` evenly spaced steps (the last one ``steps``) at which the EMA generator is snapshotted.
+
+    Fewer when ``count`` exceeds ``steps`` (a step is snapshotted once); none for ``count=0``.
+    """
+    return sorted({max(1, steps * k // count) for k in range(1, count + 1)}) if count > 0 else []
+
+
 def check_train_config(cfg: Config) -> None:
     """Reject settings the loop cannot run with, naming the key."""
     tc = cfg.train
@@ -207,7 +224,15 @@ def check_train_config(cfg: Config) -> None:
     for key in ("beta1", "beta2", "ema_decay"):
         if not 0 <= getattr(tc, key) < 1:
             raise ConfigError(f"train.{key} must be in [0, 1), got {getattr(tc, key)}")
-    for key in ("r1_gamma", "max_rollbacks", "guard_grad_norm", "guard_margin", "guard_d_accuracy", "prefetch"):
+    for key in (
+        "r1_gamma",
+        "max_rollbacks",
+        "guard_grad_norm",
+        "guard_margin",
+        "guard_d_accuracy",
+        "prefetch",
+        "fid_snapshots",
+    ):
         if getattr(tc, key) < 0:
             raise ConfigError(f"train.{key} must not be negative, got {getattr(tc, key)}")
     if tc.launcher not in LAUNCHERS:
@@ -356,6 +381,7 @@ class Trainer:
         self.max_rollbacks = tc.max_rollbacks
         self.records: list[dict[str, float]] = []
         self.logged_grid_steps: set[int] = set()
+        self.snapshot_at = set(snapshot_steps(tc.steps, tc.fid_snapshots))
         self._good: dict[str, Any] | None = None
         self._prefetcher: BatchPrefetcher | None = None
 
@@ -645,11 +671,9 @@ class Trainer:
             self.logged_grid_steps.add(self.step)
         return grid
 
-    def _write_outputs(self, grid: np.ndarray) -> dict[str, str]:
-        from PIL import Image
-
-        out = self.out_dir
-        model = {
+    def _generator_blob(self) -> dict[str, Any]:
+        """The EMA generator as :func:`~components.gan.sampling.load_generator` reads it (final model and snapshots)."""
+        return {
             "format": GENERATOR_FORMAT,
             "state_dict": _cpu_state(self.G_ema),
             "kwargs": self.G.init_kwargs(),
@@ -658,6 +682,24 @@ class Trainer:
             "dataset_hash": self.dataset_hash,
             "config": self.cfg.to_json(),
         }
+
+    def _save_snapshot(self) -> None:
+        """Keep the EMA generator of this step for the FID curve (a rollback past it rewrites it when re-reached)."""
+        path = snapshot_path(self.out_dir, self.step)
+        path.parent.mkdir(exist_ok=True)
+        blob = self._generator_blob()
+        atomic_write(path, lambda p: torch.save(blob, p))
+
+    def _clear_snapshots(self) -> None:
+        """A fresh start's curve must not mix in the snapshots of an earlier training left in the folder."""
+        for _, path in list_snapshots(self.out_dir):
+            path.unlink()
+
+    def _write_outputs(self, grid: np.ndarray) -> dict[str, str]:
+        from PIL import Image
+
+        out = self.out_dir
+        model = self._generator_blob()
         atomic_write(out / GENERATOR_FILE, lambda p: torch.save(model, p))
         atomic_write(out / GRID_FILE, lambda p: Image.fromarray(grid).save(p, format="PNG"))
         self._write_losses()
@@ -669,6 +711,7 @@ class Trainer:
                 ("options", OPTIONS_FILE),
                 ("losses", LOSSES_FILE),
                 ("samples", GRID_FILE),
+                ("snapshots", SNAPSHOT_DIR),
                 ("summary", SUMMARY_FILE),
             )
         }
@@ -702,6 +745,8 @@ class Trainer:
                 print(f"[train] resuming from {self.out_dir / CHECKPOINT_FILE} at step {self.step}", file=sys.stderr)
         else:
             self._good = self._state()  # rollback target until the first checkpoint exists
+            if main:
+                self._clear_snapshots()
         start_step = self.step
         started = time.perf_counter()
         window: list[dict[str, float]] = []
@@ -737,6 +782,8 @@ class Trainer:
                 if self.step % tc.log_every == 0:
                     self._log_window(window, bar)
                     window = []
+                if main and self.step in self.snapshot_at:  # before the checkpoint: a resume never skips one
+                    self._save_snapshot()
                 if self.step % tc.checkpoint_every == 0 and self.step < tc.steps:
                     self._save_checkpoint()
                 if main and self.step % tc.sample_every == 0 and self.step < tc.steps:
@@ -790,5 +837,6 @@ class Trainer:
             "device": str(self.device),
             "classes": list(self.classes),
             "replica_fingerprints": prints,
+            "snapshot_steps": [step for step, _ in list_snapshots(self.out_dir)],
             "paths": paths,
         }

@@ -84,9 +84,24 @@ def test_evaluate_writes_metrics_report_and_tracks(archive_dir, split_dir, train
     assert report["run_key"] == "k1" and report["class_distribution"]["train"]
     assert len(list((tmp_path / "cache").glob("pixels-*.npy"))) == 1
 
+    # One FID per EMA snapshot of the tiny run (6 steps, 5 snapshots); the last point is the final model, whose
+    # samples (all of them: fid_curve_samples exceeds fid_samples) are the headline FID's.
+    curve = report["fid_curve"]
+    assert curve["steps"] == [1, 2, 3, 4, 6] and len(curve["fid"]) == 5
+    assert curve["n_samples"] == curve["n_samples_headline"] == metrics["n_synthetic"]
+    assert all(v >= 0 for v in curve["fid"]) and curve["fid"][-1] == pytest.approx(metrics["fid"])
+    assert "FID over training" in html and 'aria-label="FID by training step"' in html
+    assert "fid_curve" in report["timings"]
+    # The rebalance stage's split check sits beside the validate stage's results.
+    assert report["split_validation"]["success"] and "data_docs" not in report["split_validation"]
+    assert "Patient-level split (rebalance stage)" in html and "No patient is in two splits" in html
+
     logged = RunTracker(**{k: tracking[k] for k in ("tracking_uri", "experiment", "run_key")})
     run = logged.client.get_run(logged.run_id)
     assert run.data.metrics["eval/fid"] == pytest.approx(metrics["fid"])
+    history = logged.client.get_metric_history(logged.run_id, "eval/fid_curve")
+    assert [m.step for m in history] == curve["steps"]
+    assert [m.value for m in history] == pytest.approx(curve["fid"])
 
     # Same inputs, same outputs on CPU (the real features now come from the cache).
     again = evaluate(

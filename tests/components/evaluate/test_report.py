@@ -166,3 +166,54 @@ def test_overlay_marks_mask_in_red():
 @pytest.mark.parametrize("gate", [None, {}, "pending"])
 def test_gate_absent_is_pending(gate):
     assert "pending" in render_report({"gate": gate})
+
+
+@pytest.mark.parametrize(
+    ("fid", "verdict"),
+    [
+        ([90.0, 60.0, None, 41.5], '<p class="good">FID fell from 90 at step 200 to 41.5 at step 1000.</p>'),
+        (
+            [90.0, 30.0, 35.0, 41.5],
+            '<p class="good">FID fell from 90 at step 200 to 41.5 at step 1000 (lowest: 30 at step 400).</p>',
+        ),
+        ([40.0, 60.0, 55.0, 41.5], '<p class="bad">FID did not fall: 40 at step 200, 41.5 at step 1000.</p>'),
+    ],
+)
+def test_fid_curve_is_charted_with_a_verdict_from_first_to_last_point(fid, verdict):
+    curve = {"steps": [200, 400, 800, 1000], "fid": fid, "n_samples": 64, "n_samples_headline": 128, "notes": []}
+    html = render_report({"fid_curve": curve})
+    section = html.split("<h2>FID over training</h2>")[1].split("<h2>")[0]
+    assert verdict in section and 'aria-label="FID by training step"' in section
+    assert "FID of 64 synthetic samples" in section and "the headline FID uses 128" in section
+    assert section.count("<tr>") == 1 + sum(v is not None for v in fid)  # header + one row per finite point
+    assert_self_contained(html)
+
+
+def test_fid_curve_absent_says_why():
+    assert "the trainer kept no snapshots" in render_report({"fid_curve": {"steps": [], "fid": []}})
+    assert "no trend to read" in render_report({"fid_curve": {"steps": [1000], "fid": [50.0]}})
+
+
+def test_split_check_is_shown_beside_the_dataset_validation():
+    leak = {
+        "batch": "patients",
+        "expectation": "expect_column_values_to_be_null",
+        "column": "leak",
+        "success": False,
+        "severity": "critical",
+        "unexpected_count": 2,
+    }
+    ok = {**leak, "batch": "split", "column": "split", "success": True, "unexpected_count": 0}
+    report = {**full_report(), "split_validation": {"success": False, "results": [ok, leak]}}
+    section = render_report(report).split("<h3>Patient-level split (rebalance stage)</h3>")[1]
+    assert "2 expectations, 1 failed (1 critical, 0 warnings)." in section
+    rows = section.split("<tbody>")[1].split("</tbody>")[0].split("<tr>")[1:]
+    assert rows[0] == (
+        "<td>patients</td><td>expect_column_values_to_be_null</td><td>leak</td>"
+        '<td><span class="bad">FAIL</span></td><td>critical</td><td>2</td></tr>'
+    )  # failures first, with the rows affected
+    assert "No patient is in two splits" not in section
+
+    passed = render_report({**report, "split_validation": {"success": True, "results": [ok]}})
+    assert "No patient is in two splits" in passed
+    assert "the split was made without the check" in render_report(full_report())

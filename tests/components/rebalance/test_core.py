@@ -3,7 +3,7 @@ import pytest
 
 from components.config import resolve
 from components.errors import ConfigError
-from components.rebalance.core import class_weights, load_split, rebalance, split_patients
+from components.rebalance.core import class_weights, load_split, load_split_check, rebalance, split_patients
 
 
 def _cohort(n_normal=10, n_benign=6, n_malignant=3, slices=4):
@@ -67,3 +67,14 @@ def test_bad_split_config(synthetic_archive, tmp_path, override, message):
     labels, patients = _cohort()
     with pytest.raises(ConfigError, match=message):
         rebalance(synthetic_archive(labels, patients), tmp_path / "split", resolve("tiny", [override]))
+
+
+def test_split_check_results_are_kept_for_the_report_and_dropped_without_the_check(synthetic_archive, tmp_path):
+    labels, patients = _cohort()
+    archive = synthetic_archive(labels, patients)
+    rebalance(archive, tmp_path / "split", resolve("tiny"))
+    check = load_split_check(tmp_path / "split")
+    assert check["success"] and "data_docs" not in check
+    assert {(r["batch"], r["column"]) for r in check["results"]} >= {("patients", "leak"), ("split", "split")}
+    rebalance(archive, tmp_path / "split", resolve("tiny"), check=False)
+    assert load_split_check(tmp_path / "split") is None  # no stale results vouching for an unchecked split

@@ -41,3 +41,19 @@ def train_data(synthetic_archive, tmp_path) -> tuple[Path, Path]:
     patients = [f"p{i % 5}" for i in range(len(labels))]
     archive = synthetic_archive(labels, patients, size=32, classes=CLASSES)
     return archive, write_split(archive, tmp_path / "split")
+
+
+@pytest.fixture
+def model_files() -> list[str]:
+    """What a finished training leaves in its output folder, sorted."""
+    return sorted(
+        [
+            "checkpoint.pt",
+            "generator.pt",
+            "losses.csv",
+            "samples.png",
+            "snapshots",
+            "train_summary.json",
+            "training_options.json",
+        ]
+    )

@@ -11,10 +11,10 @@ from PIL import Image
 from components.config import Config, resolve
 from components.errors import ConfigError, TrainingError
 from components.gan.loss import PhasedLoss
-from components.gan.sampling import generate, load_generator
+from components.gan.sampling import generate, list_snapshots, load_generator, snapshot_path
 from components.tracking import NullTracker
 from components.train.core import train
-from components.train.trainer import Trainer
+from components.train.trainer import Trainer, snapshot_steps
 
 
 class RecordingTracker(NullTracker):
@@ -36,16 +36,14 @@ def _state(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def test_tiny_run_writes_model_checkpoint_grid_and_options(train_data, tmp_path):
+def test_tiny_run_writes_model_checkpoint_grid_and_options(train_data, model_files, tmp_path):
     archive, split = train_data
     cfg = resolve("tiny")
     summary = train(archive, split, tmp_path / "model", cfg, None)
     out = tmp_path / "model"
     assert summary["steps"] == 6 and summary["steps_run"] == 6 and summary["rollbacks"] == 0
     assert summary["img_per_s"] > 0 and np.isfinite(summary["final_losses"]["loss_d"])
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["checkpoint.pt", "generator.pt", "losses.csv", "samples.png", "train_summary.json", "training_options.json"]
-    )
+    assert sorted(p.name for p in out.iterdir()) == model_files
     ckpt = _state(out / "checkpoint.pt")
     assert ckpt["step"] == 6
     assert {"G", "D", "G_ema", "opt_g", "opt_d", "rng", "config"} <= set(ckpt)
@@ -78,6 +76,52 @@ def test_resume_continues_bit_for_bit_from_the_checkpoint(train_data, tmp_path):
     for net in ("G", "D", "G_ema"):
         for name in a[net]:
             assert torch.equal(a[net][name], b[net][name]), f"{net}.{name} differs after resume"
+
+
+@pytest.mark.parametrize(
+    ("steps", "count", "expected"),
+    [(1000, 5, [200, 400, 600, 800, 1000]), (6, 5, [1, 2, 3, 4, 6]), (3, 10, [1, 2, 3]), (100, 0, [])],
+)
+def test_snapshot_steps_are_evenly_spaced_and_end_at_the_last_step(steps, count, expected):
+    assert snapshot_steps(steps, count) == expected
+
+
+def test_ema_snapshots_are_written_at_their_steps_in_the_generator_format(train_data, tmp_path):
+    archive, split = train_data
+    summary = train(archive, split, tmp_path / "m", resolve("tiny", ["train.fid_snapshots=3"]), None)
+    assert summary["snapshot_steps"] == [2, 4, 6]
+    assert [step for step, _ in list_snapshots(tmp_path / "m")] == [2, 4, 6]
+    for step, path in list_snapshots(tmp_path / "m"):
+        _, meta = load_generator(path)
+        assert meta["step"] == step and meta["classes"] == ["normal", "benign", "malignant"]
+    # The last snapshot is the final model: the evaluate stage reuses the final model's features for it.
+    final, last = _state(tmp_path / "m" / "generator.pt"), _state(snapshot_path(tmp_path / "m", 6))
+    for name, tensor in final["state_dict"].items():
+        assert torch.equal(tensor, last["state_dict"][name])
+
+    none = train(archive, split, tmp_path / "off", resolve("tiny", ["train.fid_snapshots=0"]), None)
+    assert none["snapshot_steps"] == [] and list_snapshots(tmp_path / "off") == []
+
+
+def test_snapshots_survive_resume_and_a_fresh_start_clears_them(train_data, tmp_path):
+    archive, split = train_data
+    cfg = ["train.fid_snapshots=3"]
+    train(archive, split, tmp_path / "a", resolve("tiny", ["train.steps=3", *cfg]), None)
+    early = {step: path.read_bytes() for step, path in list_snapshots(tmp_path / "a")}
+    assert sorted(early) == [1, 2, 3]  # the 3-step run's schedule
+    resumed = train(archive, split, tmp_path / "a", resolve("tiny", cfg), None)
+    assert resumed["resumed"] and resumed["snapshot_steps"] == [1, 2, 3, 4, 6]  # earlier ones kept, unchanged
+    assert all(snapshot_path(tmp_path / "a", step).read_bytes() == blob for step, blob in early.items())
+
+    straight = train(archive, split, tmp_path / "b", resolve("tiny", cfg), None)
+    assert straight["snapshot_steps"] == [2, 4, 6]
+    for step in (2, 4, 6):  # resuming is bit-for-bit, so are the snapshots taken after it
+        a, b = _state(snapshot_path(tmp_path / "a", step)), _state(snapshot_path(tmp_path / "b", step))
+        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+
+    (tmp_path / "a" / "checkpoint.pt").unlink()  # start afresh in the same folder
+    fresh = train(archive, split, tmp_path / "a", resolve("tiny", cfg), None)
+    assert not fresh["resumed"] and fresh["snapshot_steps"] == [2, 4, 6]
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(train_data, tmp_path):

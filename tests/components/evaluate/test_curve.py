@@ -1,0 +1,58 @@
+"""FID over training: one point per EMA snapshot, scored like the headline FID on a fixed subset of its samples."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from components.errors import ConfigError
+from components.evaluate.curve import curve_subset, fid_curve
+from components.gan.sampling import SNAPSHOT_DIR, generate, list_snapshots, load_generator
+from components.metrics.features import extract_features, get_extractor
+from components.metrics.fid import fid_from_features
+
+
+def test_curve_subset_is_evenly_spaced_and_keeps_the_class_mix():
+    labels = np.repeat([0, 1, 2], [60, 30, 10])  # the synthetic label plan is sorted by class
+    pick = curve_subset(len(labels), 20)
+    assert len(pick) == 20 and np.bincount(labels[pick]).tolist() == [12, 6, 2]
+    assert curve_subset(10, 0).tolist() == list(range(10)) and curve_subset(10, 50).tolist() == list(range(10))
+    with pytest.raises(ConfigError, match="fid_curve_samples"):
+        curve_subset(10, 1)
+
+
+@pytest.fixture
+def scored(archive_dir, model_dir):
+    """The evaluate stage's inputs to the curve: real features, the headline FID's labels, seed and features."""
+    from components.archive import open_archive
+
+    archive = open_archive(archive_dir)
+    extractor = get_extractor("pixels")
+    real = extract_features(extractor, np.asarray(archive.images[:40], dtype=np.float32))
+    labels = np.repeat([0, 1, 2], [6, 5, 5])
+    final, meta = load_generator(model_dir)
+    fake = extract_features(extractor, generate(final, labels, seed=7)[0])
+    return {"real_feats": real, "fake_labels": labels, "fake_feats": fake, "seed": 7, "extractor": extractor}, meta
+
+
+def test_each_snapshot_is_scored_on_the_same_latents_and_the_last_point_is_the_final_model(model_dir, scored):
+    inputs, meta = scored
+    curve = fid_curve(model_dir, meta["step"], wanted=8, **inputs)
+    assert curve["steps"] == [s for s, _ in list_snapshots(model_dir)] == [1, 2, 3, 4, 6]
+    assert curve["n_samples"] == 8 and curve["notes"] == []
+    pick = curve_subset(16, 8)
+    for step, value in zip(curve["steps"], curve["fid"], strict=True):  # recomputed from each snapshot file
+        generator, _ = load_generator(model_dir / SNAPSHOT_DIR / f"generator_{step:08d}.pt")
+        images = generate(generator, inputs["fake_labels"], seed=7)[0][pick]
+        expected = fid_from_features(inputs["real_feats"], extract_features(inputs["extractor"], images))
+        assert value == pytest.approx(expected, rel=1e-6, abs=1e-9), step
+
+
+def test_without_snapshots_there_is_no_curve_and_later_ones_are_ignored(model_dir, scored, tmp_path):
+    inputs, meta = scored
+    bare = tmp_path / "bare"
+    shutil.copytree(model_dir, bare, ignore=shutil.ignore_patterns(SNAPSHOT_DIR))
+    assert fid_curve(bare, meta["step"], wanted=8, **inputs)["steps"] == []
+
+    curve = fid_curve(model_dir, 3, wanted=8, **inputs)  # as if the final model were the step-3 one
+    assert curve["steps"] == [1, 2, 3] and "[4, 6]" in curve["notes"][0]
