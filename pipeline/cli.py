@@ -51,13 +51,12 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
-    """Compile the pipeline to a KFP YAML package."""
-    from kfp import compiler
+    """Compile the pipeline to a KFP YAML package for the config's train launcher."""
+    from pipeline.dag import compile_pipeline
 
-    from pipeline.dag import medgan_pipeline
-
-    compiler.Compiler().compile(medgan_pipeline, args.out)
-    print(f"wrote {args.out}")
+    cfg = _config(args)
+    compile_pipeline(args.out, cfg)
+    print(f"wrote {args.out} (train.launcher={cfg.train.launcher})")
 
 
 def cmd_config(args: argparse.Namespace) -> None:
@@ -128,8 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("compile", help="compile the pipeline to KFP YAML")
+    p = sub.add_parser(
+        "compile",
+        help="compile the pipeline to KFP YAML (--set train.launcher=trainjob|pytorchjob: train on Kubernetes)",
+    )
     p.add_argument("--out", default="medgan_pipeline.yaml")
+    with_config(p)
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("config", help="print the resolved configuration of a preset")

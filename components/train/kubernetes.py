@@ -10,18 +10,25 @@ in every pod), so rank 0's outputs are where the caller expects them once the jo
 the in-cluster / kubeconfig credentials), polls its status conditions and returns on success; a failed job raises
 :class:`~components.errors.TrainingError` with the job's own message, and so does a job that does not finish within
 ``train.job_timeout_s`` (it is deleted then, so it stops holding GPUs).
+
+In the compiled Kubeflow pipeline the train task's inputs and outputs are kfp artifacts, which the job's pods cannot
+see: :func:`pipeline_volume` says how the train task is compiled (the claim it mounts, the folder it stages into) and
+:func:`train_through_volume` is what that task does at run time: copy the archive and split onto the shared volume
+under a per-run folder, run the job on those copies, copy the model folder back into the kfp output artifact.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from components.config import Config
@@ -38,6 +45,8 @@ MAX_JOB_NAME = 40
 SUCCESS_CONDITIONS = ("Complete", "Succeeded")
 FAILURE_CONDITIONS = ("Failed",)
 DATA_VOLUME = "medgan-data"
+STAGING_FOLDER = "pipeline-runs"  # under train.data_mount_path: one sub-folder per pipeline run
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # a kfp run UUID; never a path
 
 
 @dataclass(frozen=True)
@@ -355,6 +364,168 @@ def train_on_kubernetes(
     """Submit the job ``train.launcher`` names and wait for it (see :func:`submit_and_wait`)."""
     job = build_job(str(archive_dir), str(split_dir), str(out_dir), cfg, tracking)
     return submit_and_wait(job, api, timeout_s=cfg.train.job_timeout_s, **wait)
+
+
+# ------------------------------------------------------------------------------- the pipeline's train task
+
+
+@dataclass(frozen=True)
+class PipelineVolume:
+    """How the compiled pipeline's train task reaches the training pods: the claim it mounts, and where."""
+
+    claim: str
+    mount_path: str
+    staging_dir: str  # this run's folders go to <staging_dir>/<run id>/{archive,split,model}
+
+
+def pipeline_volume(cfg: Config | None) -> PipelineVolume | None:
+    """The shared volume of the train task for ``cfg`` (``None``: the local launcher, nothing to mount).
+
+    Checked at compile time, so a pipeline that could not work on a cluster is never compiled.
+    """
+    if cfg is None or cfg.train.launcher not in KINDS:
+        return None
+    tc = cfg.train
+    if not tc.data_volume_claim:
+        raise ConfigError(
+            f"train.launcher={tc.launcher} in a pipeline needs train.data_volume_claim (a ReadWriteMany claim such "
+            f"as {DATA_VOLUME!r} of k8s/trainer/pvc.yaml): the train task and the training pods exchange data there"
+        )
+    staging = str(PurePosixPath(tc.data_mount_path) / STAGING_FOLDER)
+    check_kubernetes_config(cfg, staging)
+    return PipelineVolume(tc.data_volume_claim, tc.data_mount_path, staging)
+
+
+@dataclass(frozen=True)
+class StagedRun:
+    """One pipeline run's folders on the shared volume, at the paths the training pods see them."""
+
+    root: Path
+
+    @property
+    def archive(self) -> Path:
+        """The copy of the dataset archive."""
+        return self.root / "archive"
+
+    @property
+    def split(self) -> Path:
+        """The copy of the split (and class weights)."""
+        return self.root / "split"
+
+    @property
+    def model(self) -> Path:
+        """Where rank 0 writes the model folder."""
+        return self.root / "model"
+
+
+def staged_run(staging_dir: str | os.PathLike[str], run_id: str) -> StagedRun:
+    """The per-run folder ``<staging_dir>/<run_id>``; ``run_id`` must be one safe path component."""
+    if not RUN_ID.match(run_id or ""):
+        raise ConfigError(f"pipeline run id {run_id!r} cannot name a folder on the shared volume")
+    return StagedRun(Path(staging_dir) / run_id)
+
+
+def stage_in(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> bool:
+    """Copy the folder (or file) ``src`` to ``dest`` on the shared volume; return whether it copied.
+
+    The copy goes to a hidden sibling and is renamed into place, so ``dest`` exists only complete. A ``dest`` left
+    by an earlier attempt of the same run is reused: kfp input artifacts never change within a run, and a retried
+    task may find the job still reading it.
+    """
+    src, dest = Path(src), Path(dest)
+    if dest.exists():
+        return False
+    if not src.exists():
+        raise TrainingError(f"input artifact {src} does not exist; nothing to stage to {dest}")
+    partial = dest.with_name(f".{dest.name}.partial")
+    _remove(partial)  # an attempt that died while copying
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, partial, symlinks=False)
+    else:
+        shutil.copy2(src, partial)
+    os.replace(partial, dest)
+    return True
+
+
+def stage_out(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    """Copy the job's model folder ``src`` into the kfp output artifact folder ``dest``."""
+    src, dest = Path(src), Path(dest)
+    if not src.is_dir():
+        raise TrainingError(f"the training job left no model folder at {src} on the shared volume")
+    shutil.copytree(src, dest, dirs_exist_ok=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _relocate(summary: dict[str, Any], old: Path, new: Path) -> dict[str, Any]:
+    """The summary with its output paths pointing into the kfp artifact instead of the staged folder."""
+    paths = {
+        k: str(new / Path(v).relative_to(old)) if Path(v).is_relative_to(old) else v
+        for k, v in summary.get("paths", {}).items()
+    }
+    return {**summary, "paths": paths} if "paths" in summary else summary
+
+
+def train_through_volume(
+    archive_dir: str | os.PathLike[str],
+    split_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    cfg: Config,
+    tracking: dict[str, str] | None,
+    *,
+    volume_claim: str,
+    staging_dir: str,
+    run_id: str,
+    train: Callable[..., dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The pipeline's train task with a Kubernetes launcher: stage in, run the job, stage out; return the summary.
+
+    ``volume_claim`` and ``staging_dir`` are what the task was compiled with (:func:`pipeline_volume`); the run's
+    config must agree, else the job would look for the data on another volume. ``train`` (default
+    :func:`components.train.core.train`) submits the job and waits for it. The run's folder is removed once the
+    model is copied out; after a failure it stays, with the job's checkpoints, for inspection and for a retry of the
+    task (delete the failed job first: a job of the same name is adopted, not created anew).
+    """
+    from components.train.core import train as train_default
+    from components.train.trainer import SUMMARY_FILE
+
+    tc = cfg.train
+    if tc.launcher not in KINDS:
+        raise ConfigError(
+            f"this pipeline was compiled for a Kubernetes launcher (volume {volume_claim!r}) but the run's config "
+            f"has train.launcher={tc.launcher!r}; compile the pipeline with the config you run it with"
+        )
+    if tc.data_volume_claim != volume_claim:
+        raise ConfigError(
+            f"the train task mounts the claim {volume_claim!r} (compiled in) but the run's config has "
+            f"train.data_volume_claim={tc.data_volume_claim!r}; compile the pipeline with the config you run it with"
+        )
+    run = staged_run(staging_dir, run_id)
+    check_kubernetes_config(cfg, str(run.archive), str(run.split), str(run.model))
+    if not Path(tc.data_mount_path).is_dir():
+        raise ConfigError(
+            f"train.data_mount_path={tc.data_mount_path} does not exist in the train task: the claim "
+            f"{volume_claim!r} is not mounted there (compile the pipeline with the config you run it with)"
+        )
+    for src, dest in ((archive_dir, run.archive), (split_dir, run.split)):
+        copied = stage_in(src, dest)
+        print(f"[train] {'staged' if copied else 'reusing staged'} {dest}", file=sys.stderr, flush=True)
+    summary = (train or train_default)(str(run.archive), str(run.split), str(run.model), cfg, tracking)
+    out = Path(out_dir)
+    stage_out(run.model, out)
+    summary = _relocate(summary, run.model, out)
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    try:
+        shutil.rmtree(run.root)
+    except OSError as exc:  # the model is safe in the artifact; a busy network file system must not fail the run
+        print(f"[train] could not remove {run.root} from the shared volume: {exc}", file=sys.stderr, flush=True)
+    return summary
 
 
 EXAMPLE_IMAGE = "ghcr.io/medgan-ops/medgan-ops:0.1.0"

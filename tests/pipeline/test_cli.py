@@ -37,3 +37,13 @@ def test_console_script_exit_status_and_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_compile_for_a_kubernetes_launcher(tmp_path):
+    out = tmp_path / "k8s.yaml"
+    main(["compile", "--out", str(out), "--preset", "ct-128", "--set", "train.launcher=trainjob"])
+    text = out.read_text()
+    assert "medgan-data" in text and "pvcMount" in text  # the train task's volume, in the platform config
+    local = tmp_path / "local.yaml"
+    main(["compile", "--out", str(local)])
+    assert "pvcMount" not in local.read_text()

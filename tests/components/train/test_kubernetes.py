@@ -165,7 +165,7 @@ def test_example_manifests_match_what_the_code_renders():
 
 def test_trainer_kustomization_lists_existing_manifests_and_rbac_covers_both_job_kinds():
     base = ROOT / "k8s/trainer"
-    for folder in (base, base / "example"):
+    for folder in (base, base / "example", base / "pipeline-runner"):
         kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
         for resource in kustomization["resources"]:
             assert (folder / resource).exists(), f"{folder}: {resource} missing"
@@ -183,6 +183,10 @@ def test_trainer_kustomization_lists_existing_manifests_and_rbac_covers_both_job
     binding = kinds["RoleBinding"]
     assert binding["roleRef"]["name"] == kinds["Role"]["metadata"]["name"]
     assert binding["subjects"][0]["name"] == kinds["ServiceAccount"]["metadata"]["name"]
+    # KFP v2 runs the train task as the run's service account: the overlay binds the same Role to it
+    runner = yaml.safe_load((base / "pipeline-runner/rolebinding.yaml").read_text())
+    assert runner["roleRef"] == binding["roleRef"]
+    assert runner["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
 
 
 # ------------------------------------------------------------------------------------------ submit and wait
@@ -291,10 +295,213 @@ def test_an_existing_job_is_adopted_and_other_create_errors_are_reported():
 def test_train_dispatches_to_the_kubernetes_launcher(monkeypatch, tmp_path):
     api = FakeCustomObjectsApi([[_cond("Failed", reason="Error", message="worker exited 2")]])
     monkeypatch.setattr(k8s, "default_api", lambda: api)
-    cfg = resolve("tiny", ["train.launcher=trainjob", "train.job_timeout_s=60"])
+    cfg = resolve("tiny", ["train.launcher=trainjob", "train.job_timeout_s=60", f"train.data_mount_path={tmp_path}"])
     with pytest.raises(TrainingError, match="worker exited 2"):
         train(tmp_path / "archive", tmp_path / "split", tmp_path / "model", cfg, TRACKING)
     (created,) = api.created
     assert created[4]["kind"] == "TrainJob"
     args = parse_args(created[4]["spec"]["trainer"]["args"])
     assert args.out == str(tmp_path / "model") and Config.from_json(args.config_json) == cfg
+
+
+# ------------------------------------------------------------------- the pipeline's train task: staging
+
+
+RUN_ID = "0b9f6c2e-5d1a-4c1e-9d7a-2f4b8e6a1c3d"  # what {{$.pipeline_job_uuid}} resolves to
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _artifacts(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """kfp input artifact folders (archive with a sub-folder, split) and an output artifact path."""
+    archive, split = tmp_path / "kfp/archive", tmp_path / "kfp/split"
+    (archive / "arrays").mkdir(parents=True)
+    (archive / "manifest.parquet").write_bytes(b"manifest")
+    (archive / "arrays/images.npy").write_bytes(bytes(range(256)))
+    split.mkdir(parents=True)
+    (split / "split.csv").write_text("id,split\n0,train\n")
+    return archive, split, tmp_path / "kfp/model"
+
+
+def _volume_cfg(tmp_path: Path, launcher: str = "trainjob", *more: str) -> Config:
+    mount = tmp_path / "mnt"
+    mount.mkdir(exist_ok=True)
+    return _cfg(launcher, f"train.data_mount_path={mount}", *more)
+
+
+def _volume(cfg: Config) -> dict[str, str]:
+    volume = k8s.pipeline_volume(cfg)
+    return {"volume_claim": volume.claim, "staging_dir": volume.staging_dir, "run_id": RUN_ID}
+
+
+def test_pipeline_volume_follows_the_launcher_and_is_checked_at_compile_time():
+    assert k8s.pipeline_volume(None) is None and k8s.pipeline_volume(resolve("quickstart")) is None
+    volume = k8s.pipeline_volume(resolve("quickstart", ["train.launcher=pytorchjob"]))
+    # defaults: the claim of k8s/trainer/pvc.yaml at the path the example jobs use
+    pvc = yaml.safe_load((ROOT / "k8s/trainer/pvc.yaml").read_text())
+    assert volume == k8s.PipelineVolume(pvc["metadata"]["name"], "/workspace/data", "/workspace/data/pipeline-runs")
+    custom = k8s.pipeline_volume(_cfg("trainjob", "train.data_volume_claim=gan-scratch", "train.data_mount_path=/d"))
+    assert (custom.claim, custom.mount_path, custom.staging_dir) == ("gan-scratch", "/d", "/d/pipeline-runs")
+    with pytest.raises(ConfigError, match="needs train.data_volume_claim"):
+        k8s.pipeline_volume(_cfg("trainjob", "train.data_volume_claim="))
+    with pytest.raises(ConfigError, match="train.data_mount_path must be absolute"):
+        k8s.pipeline_volume(_cfg("trainjob", "train.data_mount_path=data"))
+    with pytest.raises(ConfigError, match="train.data_volume_claim must be a DNS-1123 name"):
+        k8s.pipeline_volume(_cfg("trainjob", "train.data_volume_claim=Bad_Claim"))
+
+
+def test_stage_in_copies_whole_folders_atomically_and_reuses_a_complete_copy(tmp_path):
+    archive, _, _ = _artifacts(tmp_path)
+    dest = tmp_path / "mnt/pipeline-runs/run/archive"
+    # an attempt that died mid-copy left a partial folder: it is replaced, never used
+    partial = dest.with_name(".archive.partial")
+    partial.mkdir(parents=True)
+    (partial / "junk").write_text("half")
+    assert k8s.stage_in(archive, dest) is True
+    assert _tree(dest) == _tree(archive) and not partial.exists()
+    # a retried task finds the complete copy (the job may be reading it): it is left alone
+    (archive / "manifest.parquet").write_bytes(b"changed")
+    assert k8s.stage_in(archive, dest) is False
+    assert (dest / "manifest.parquet").read_bytes() == b"manifest"
+    with pytest.raises(TrainingError, match="does not exist"):
+        k8s.stage_in(tmp_path / "missing", tmp_path / "mnt/x")
+    with pytest.raises(ConfigError, match="cannot name a folder"):
+        k8s.staged_run(tmp_path, "../escape")
+
+
+def test_train_through_volume_stages_in_trains_on_the_copies_and_stages_out(tmp_path):
+    archive, split, model = _artifacts(tmp_path)
+    cfg = _volume_cfg(tmp_path)
+    root = tmp_path / "mnt/pipeline-runs" / RUN_ID
+    calls = []
+
+    def fake_train(archive_dir, split_dir, out_dir, cfg_, tracking):
+        # what the job's pods see: complete copies on the volume, and an output folder there
+        calls.append((archive_dir, split_dir, out_dir))
+        assert _tree(Path(archive_dir)) == _tree(archive) and _tree(Path(split_dir)) == _tree(split)
+        out = Path(out_dir)
+        out.mkdir()
+        (out / "generator.pt").write_bytes(b"weights")
+        (out / "samples").mkdir()
+        (out / "samples/step_000006.png").write_bytes(b"png")
+        summary = {"steps": 6, "paths": {"generator": str(out / "generator.pt"), "elsewhere": "/x/y"}}
+        (out / "train_summary.json").write_text(json.dumps(summary))
+        return summary
+
+    summary = k8s.train_through_volume(archive, split, model, cfg, TRACKING, train=fake_train, **_volume(cfg))
+    assert calls == [(str(root / "archive"), str(root / "split"), str(root / "model"))]
+    assert (model / "generator.pt").read_bytes() == b"weights" and (model / "samples/step_000006.png").is_file()
+    assert summary["steps"] == 6
+    assert summary["paths"] == {"generator": str(model / "generator.pt"), "elsewhere": "/x/y"}
+    assert json.loads((model / "train_summary.json").read_text()) == summary
+    assert not root.exists()  # the run's copies leave the shared volume once the model is in the artifact
+
+
+def test_a_failed_job_keeps_the_staged_run_for_the_retry_and_writes_no_model(tmp_path):
+    archive, split, model = _artifacts(tmp_path)
+    cfg = _volume_cfg(tmp_path)
+    root = tmp_path / "mnt/pipeline-runs" / RUN_ID
+
+    def failing_train(archive_dir, split_dir, out_dir, cfg_, tracking):
+        Path(out_dir).mkdir()
+        (Path(out_dir) / "checkpoint.pt").write_bytes(b"step 3")
+        raise TrainingError("TrainJob kubeflow/x failed: worker exited 2")
+
+    with pytest.raises(TrainingError, match="worker exited 2"):
+        k8s.train_through_volume(archive, split, model, cfg, TRACKING, train=failing_train, **_volume(cfg))
+    assert (root / "model/checkpoint.pt").is_file() and (root / "archive/manifest.parquet").is_file()
+    assert not model.exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"launcher": "local"}, "compiled for a Kubernetes launcher"),
+        ({"volume_claim": "other-claim"}, "mounts the claim 'other-claim'"),
+        ({"unmounted": True}, "is not mounted there"),
+        ({"staging_dir": "/elsewhere/pipeline-runs"}, "not under train.data_mount_path"),
+        ({"run_id": ""}, "cannot name a folder"),
+    ],
+)
+def test_a_run_whose_config_disagrees_with_the_compiled_task_is_refused(tmp_path, change, match):
+    archive, split, model = _artifacts(tmp_path)
+    cfg = _volume_cfg(tmp_path)
+    volume = _volume(cfg)
+    if "launcher" in change:
+        cfg = _volume_cfg(tmp_path, "local")
+    if change.get("unmounted"):
+        (tmp_path / "mnt").rmdir()
+    volume.update({k: v for k, v in change.items() if k in volume})
+
+    def never(*args):
+        raise AssertionError("must not train")
+
+    with pytest.raises(ConfigError, match=match):
+        k8s.train_through_volume(archive, split, model, cfg, TRACKING, train=never, **volume)
+    assert not model.exists()
+
+
+class CompletingApi(FakeCustomObjectsApi):
+    """Reports the job complete; the first status read plays rank 0 and writes the model on the 'volume'."""
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        if self.gets == 0:
+            args = parse_args(self.created[-1][4]["spec"]["trainer"]["args"])
+            out = Path(args.out)
+            out.mkdir(parents=True)
+            (out / "generator.pt").write_bytes(b"G")
+            paths = {"generator": str(out / "generator.pt")}
+            (out / "train_summary.json").write_text(json.dumps({"steps": 1000, "paths": paths}))
+        return super().get_namespaced_custom_object(group, version, namespace, plural, name)
+
+
+def test_the_train_component_runs_the_job_on_the_staged_copies(tmp_path, monkeypatch):
+    """train_op's own code (no kfp runner): stage in, the TrainJob on the staged paths, stage out."""
+    from types import SimpleNamespace
+
+    from components.train.component import train_op
+
+    archive, split, model = _artifacts(tmp_path)
+    cfg = _volume_cfg(tmp_path)
+    api = CompletingApi([[_cond("Complete")]])
+    monkeypatch.setattr(k8s, "default_api", lambda: api)
+    artifact = SimpleNamespace
+    out = train_op.python_func(
+        archive=artifact(path=str(archive)),
+        split=artifact(path=str(split)),
+        config_json=cfg.to_json(),
+        tracking_json=json.dumps(TRACKING),
+        model=artifact(path=str(model)),
+        **_volume(cfg),
+    )
+    root = tmp_path / "mnt/pipeline-runs" / RUN_ID
+    (created,) = api.created
+    job = created[4]
+    args = parse_args(job["spec"]["trainer"]["args"])
+    assert (args.archive, args.split, args.out) == (str(root / "archive"), str(root / "split"), str(root / "model"))
+    (override,) = job["spec"]["podSpecOverrides"]
+    assert override["volumes"][0]["persistentVolumeClaim"]["claimName"] == "medgan-data"
+    assert override["containers"][0]["volumeMounts"][0]["mountPath"] == str(tmp_path / "mnt")
+    assert json.loads(out)["paths"] == {"generator": str(model / "generator.pt")}
+    assert (model / "generator.pt").read_bytes() == b"G" and not root.exists()
+
+
+def test_the_train_component_refuses_a_kubernetes_launcher_it_was_not_compiled_for(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from components.train.component import train_op
+
+    archive, split, model = _artifacts(tmp_path)
+    artifact = SimpleNamespace
+    with pytest.raises(SystemExit) as exit_info:
+        train_op.python_func(
+            archive=artifact(path=str(archive)),
+            split=artifact(path=str(split)),
+            config_json=_cfg("pytorchjob").to_json(),
+            tracking_json=json.dumps(TRACKING),
+            model=artifact(path=str(model)),
+        )
+    assert exit_info.value.code == 2
+    assert "compiled for train.launcher=local" in capsys.readouterr().err
