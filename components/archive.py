@@ -28,6 +28,8 @@ from typing import IO, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 try:
     import fcntl
@@ -62,6 +64,25 @@ MANIFEST_COLUMNS = [
     "mask_binary",
     "frame",  # 0-based frame index within source_file (0 for single-frame files)
 ]
+
+# Arrow types of the manifest columns: the manifest is streamed to parquet in batches, so its types are fixed here.
+_MANIFEST_TYPES = {
+    "label_idx": pa.int64(),
+    "pixel_spacing_row": pa.float64(),
+    "pixel_spacing_col": pa.float64(),
+    "orig_rows": pa.int64(),
+    "orig_cols": pa.int64(),
+    "img_min": pa.float64(),
+    "img_max": pa.float64(),
+    "img_mean": pa.float64(),
+    "img_std": pa.float64(),
+    "mask_fraction": pa.float64(),
+    "mask_binary": pa.bool_(),
+    "frame": pa.int64(),
+}
+MANIFEST_SCHEMA = pa.schema([(c, _MANIFEST_TYPES.get(c, pa.string())) for c in MANIFEST_COLUMNS])
+# Manifest rows kept in memory before they are appended to the parquet file (one row group each).
+_ROW_BATCH = 1024
 
 QUARANTINE_COLUMNS = ["path", "reason", "message"]
 
@@ -131,15 +152,19 @@ class ArchiveWriter:
 
     Memory stays flat: arrays are written into memory-mapped files of ``capacity`` rows as samples arrive (the
     capacity doubles when more samples come, e.g. from multi-frame files), written pages are released every
-    ``_DROP_EVERY`` samples, and commit truncates the files in place to the accepted count. Leaving the ``with``
-    block without commit removes everything.
+    ``_DROP_EVERY`` samples, manifest rows are appended to the parquet file every ``_ROW_BATCH`` samples, and
+    commit truncates the files in place to the accepted count. Only 32 bytes per sample (its content hash, for the
+    dataset hash) stay in memory. Leaving the ``with`` block without commit removes everything.
     """
 
     def __init__(self, path: str | os.PathLike[str], capacity: int, image_size: int) -> None:
         self.path = Path(path)
         self.capacity = max(int(capacity), 1)
         self.size = int(image_size)
-        self.rows: list[dict[str, Any]] = []
+        self.n = 0  # samples added
+        self._batch: list[dict[str, Any]] = []  # manifest rows not yet in the parquet file
+        self._manifest: pq.ParquetWriter | None = None
+        self._digests: list[bytes] = []  # content hashes (32 bytes each) for the dataset hash
         self.quarantine: list[dict[str, str]] = []
         self._tmp: Path | None = None
         self._lock: IO[str] | None = None
@@ -168,15 +193,19 @@ class ArchiveWriter:
         ``digest`` and ``stats`` are the sample's :func:`content_hash` and :func:`sample_stats` when the caller has
         computed them already (ingest does, in its decoding workers).
         """
-        i = len(self.rows)
+        i = self.n
         if i >= self.capacity:
             self._grow(2 * self.capacity)
         self._images[i] = image
         self._masks[i] = mask
         digest = digest or content_hash(image, mask)
         stats = stats or sample_stats(image, mask)
-        self.rows.append({**row, **stats, "content_hash": digest, "sample_id": digest[:16]})
-        if len(self.rows) % _DROP_EVERY == 0:
+        self._batch.append({**row, **stats, "content_hash": digest, "sample_id": digest[:16]})
+        self._digests.append(bytes.fromhex(digest))
+        self.n += 1
+        if len(self._batch) >= _ROW_BATCH:
+            self._write_rows()
+        if self.n % _DROP_EVERY == 0:
             _drop_pages(self._images)
             _drop_pages(self._masks)
 
@@ -186,7 +215,7 @@ class ArchiveWriter:
 
     def _grow(self, capacity: int) -> None:
         assert self._tmp is not None
-        n = len(self.rows)
+        n = self.n
         for name in ("images", "masks"):
             old = getattr(self, f"_{name}")
             new = np.lib.format.open_memmap(
@@ -209,7 +238,7 @@ class ArchiveWriter:
         when the new header would change length (never for realistic sizes) is the prefix copied in chunks.
         """
         assert self._tmp is not None
-        n = len(self.rows)
+        n = self.n
         shape = (n, self.size, self.size)
         for name in ("images", "masks"):
             full = getattr(self, f"_{name}")
@@ -238,12 +267,14 @@ class ArchiveWriter:
     def commit(self, meta: dict[str, Any]) -> Path:
         """Compact, write manifest/quarantine/metadata and atomically move the archive into place."""
         assert self._tmp is not None, "commit() outside of a with block"
-        n = len(self.rows)
+        n = self.n
         self._compact()
-        manifest = pd.DataFrame(self.rows, columns=MANIFEST_COLUMNS)
-        manifest.to_parquet(self._tmp / "manifest.parquet", index=False)
+        self._write_rows()
+        assert self._manifest is not None
+        self._manifest.close()
+        self._manifest = None
         pd.DataFrame(self.quarantine, columns=QUARANTINE_COLUMNS).to_csv(self._tmp / "quarantine.csv", index=False)
-        dataset_hash = hashlib.sha256("".join(sorted(manifest["content_hash"])).encode()).hexdigest()
+        dataset_hash = hashlib.sha256("".join(sorted(d.hex() for d in self._digests)).encode()).hexdigest()
         full_meta = {
             **meta,
             "format_version": FORMAT_VERSION,
@@ -265,7 +296,22 @@ class ArchiveWriter:
         self._release()
         return self.path
 
+    def __len__(self) -> int:
+        return self.n
+
+    def _write_rows(self) -> None:
+        """Append the buffered manifest rows to ``manifest.parquet`` (created with the first call)."""
+        assert self._tmp is not None
+        if self._manifest is None:
+            self._manifest = pq.ParquetWriter(self._tmp / "manifest.parquet", MANIFEST_SCHEMA)
+        if self._batch:
+            self._manifest.write_table(pa.Table.from_pylist(self._batch, schema=MANIFEST_SCHEMA))
+            self._batch.clear()
+
     def __exit__(self, *exc: object) -> None:
+        if self._manifest is not None:
+            self._manifest.close()
+            self._manifest = None
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None

@@ -44,7 +44,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut
 
-from components import windowing
+from components import dicomscan, windowing
 from components.config import Config
 from components.errors import ConfigError, DataError
 
@@ -66,6 +66,32 @@ PHI_TAGS: tuple[str, ...] = (
     "OperatorsName",
     "StationName",
 )
+
+# What read_frames reads from a header (besides the PHI elements, read to redact them from error messages): the
+# elements dicomscan's fast path keeps.
+_HEADER_KEYWORDS: tuple[str, ...] = (
+    "SpecificCharacterSet",
+    "SOPClassUID",
+    "Modality",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "NumberOfFrames",
+    "Rows",
+    "Columns",
+    "PixelSpacing",
+    "ImagerPixelSpacing",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "WindowCenter",
+    "WindowWidth",
+    "VOILUTFunction",
+    "RescaleIntercept",
+    "RescaleSlope",
+    "RescaleType",
+)
+_KEPT_TAGS = dicomscan.tags(_HEADER_KEYWORDS + PHI_TAGS)
 
 # Reason codes of a rejected image or mask, with what each means. Ingest adds its own (see components.ingest).
 REASONS: dict[str, str] = {
@@ -265,7 +291,7 @@ def read_frames(path: str | os.PathLike[str], cfg: Config, source_hash: Any = No
 def _read_frames(path: Path, cfg: Config, raw: bytes) -> list[DicomImage]:
     """:func:`read_frames` from the file's bytes."""
     # One parse: the file size is bounded above, and nothing is decoded before the header checks pass.
-    ds = _parse(path, stop_before_pixels=False, raw=raw)
+    ds = dicomscan.scan(raw, _KEPT_TAGS) or _parse(path, stop_before_pixels=False, raw=raw)
     image = _image_header(ds, path, cfg)
     if not any(k in ds for k in _PIXEL_KEYWORDS):
         raise ImageRejected(

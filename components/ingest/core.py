@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import logging
 import multiprocessing
 import os
+import stat
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import closing
@@ -52,7 +54,7 @@ PATIENT_HASH_CHARS = 16
 # Files per pool task: one hand-over (pickling, queues) per chunk rather than per file.
 _CHUNK = 16
 # Chunks decoded ahead of the writer, per worker: enough to keep workers busy, small enough for flat memory.
-_IN_FLIGHT_PER_WORKER = 2
+_IN_FLIGHT_PER_WORKER = 4
 # When a pool pays off (bench/ingest.py, 2 vCPU VM): decoding one 256-px file here takes ~1 ms, and the fork server
 # needs ~0.5 s to start (interpreter + numpy/pydicom/Pillow imports), during which this process decodes on its own.
 # A pool is used when the job would take this process longer than that start-up (see _use_pool).
@@ -94,22 +96,22 @@ def ingest(
     """
     data = _data_folder(data_dir)
     labels_path = data / "labels.csv"
-    table = read_labels(labels_path)
+    n_rows = count_labels(labels_path)  # checks the header; rows are then streamed, not held
     salt_value = _salt(salt, cfg)
     check_policy(cfg)
-    rows = [_plan(i + 1, record, data, cfg) for i, record in enumerate(table)]
+    paths = _Paths(data)
+    planned = (_plan(i + 1, record, paths, cfg) for i, record in enumerate(iter_labels(labels_path)))
     accepted = _Accepted(cfg, salt_value)
-    tasks = [r.task for r in rows if r.task is not None]
     out = Path(out_dir)
     with (
-        ArchiveWriter(out, capacity=len(rows), image_size=cfg.data.image_size) as writer,
-        closing(_decode_all(tasks, cfg)) as outcomes,
+        ArchiveWriter(out, capacity=n_rows, image_size=cfg.data.image_size) as writer,
+        closing(_decode_all(planned, n_rows, cfg)) as decoded,
     ):
-        for row in tqdm(rows, desc="ingest", unit="file", mininterval=1.0):
-            if row.task is None:
+        for row, outcomes in tqdm(decoded, total=n_rows, desc="ingest", unit="file", mininterval=1.0):
+            if outcomes is None:
                 writer.reject(row.rel, str(row.reason), row.message)
                 continue
-            for got in next(outcomes):  # one outcome per frame, or a single rejection
+            for got in outcomes:  # one outcome per frame, or a single rejection
                 reason, message = accepted.check(row, got)
                 if reason is None:
                     assert got.image is not None and got.mask is not None
@@ -117,7 +119,7 @@ def ingest(
                 else:
                     writer.reject(row.rel, reason, message)
         n_bad = len(writer.quarantine)
-        n_units = len(writer.rows) + n_bad  # samples (frames) admitted plus entries quarantined
+        n_units = len(writer) + n_bad  # samples (frames) admitted plus entries quarantined
         by_reason = dict(sorted(Counter(q["reason"] for q in writer.quarantine).items()))
         _check_quarantine(labels_path, n_units, n_bad, by_reason, writer.quarantine, cfg)
         meta = {
@@ -126,7 +128,7 @@ def ingest(
             "dataset_version": dataset_version or {},
             "counts": dict(accepted.counts),
             "quarantined_by_reason": by_reason,
-            "n_rows": len(rows),
+            "n_rows": n_rows,
             "n_patients": len(accepted.patients),
             "labels_sha256": _file_sha256(labels_path),
             "patient_hash": f"sha256(salt + patient_id)[:{PATIENT_HASH_CHARS}]",
@@ -143,21 +145,32 @@ def ingest(
         path = writer.commit(meta)
     summary = {
         "archive": str(path),
-        "n_rows": len(rows),
-        "n_ok": len(writer.rows),
+        "n_rows": n_rows,
+        "n_ok": len(writer),
         "n_quarantined": n_bad,
         "quarantined_by_reason": by_reason,
         "counts": dict(accepted.counts),
         "n_patients": len(accepted.patients),
     }
     log.info(
-        "ingest: %d of %d files accepted, %d quarantined %s -> %s", summary["n_ok"], len(rows), n_bad, by_reason, path
+        "ingest: %d of %d files accepted, %d quarantined %s -> %s", summary["n_ok"], n_rows, n_bad, by_reason, path
     )
     return summary
 
 
-def read_labels(path: Path) -> list[dict[str, str]]:
-    """Rows of ``labels.csv`` as dicts with stripped values (``""`` for missing cells); DataError if unusable."""
+def count_labels(path: Path) -> int:
+    """The number of rows of ``labels.csv`` (blank lines are not rows); DataError if it is unusable or empty."""
+    n = sum(1 for _ in iter_labels(path))
+    if n == 0:
+        raise DataError(f"{path} has a header but no rows: add one row per image (file,label,...)")
+    return n
+
+
+def iter_labels(path: Path) -> Iterator[dict[str, str]]:
+    """Stream the rows of ``labels.csv`` as dicts with stripped values (``""`` for missing cells).
+
+    The header is checked before the first row; a file that is not UTF-8 CSV is a DataError wherever it breaks.
+    """
     if not path.is_file():
         raise DataError(
             f"{path} not found: the data folder needs a labels.csv with columns file,label "
@@ -178,15 +191,14 @@ def read_labels(path: Path) -> list[dict[str, str]]:
                     f"{', '.join(header)} (expected file,label[,patient_id,mask_file])"
                 )
             reader.fieldnames = header
-            rows = [{k: (v or "").strip() for k, v in rec.items() if k is not None} for rec in reader]
+            for record in reader:
+                row = {k: (v or "").strip() for k, v in record.items() if k is not None}
+                if any(row.values()):  # blank lines are not rows
+                    yield row
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except csv.Error as exc:
         raise DataError(f"{path} is not a valid CSV file: {exc}") from None
-    rows = [r for r in rows if any(r.values())]  # blank lines are not rows
-    if not rows:
-        raise DataError(f"{path} has a header but no rows: add one row per image (file,label,...)")
-    return rows
 
 
 def hash_patient(salt: str, patient_id: str) -> str:
@@ -227,7 +239,44 @@ def _inside(data: Path, rel: str) -> Path | None:
     return resolved if resolved.is_relative_to(data) else None
 
 
-def _plan(number: int, record: dict[str, str], data: Path, cfg: Config) -> _Row:
+class _Paths:
+    """:func:`_inside` for many files of few folders: each folder is resolved once, each file costs one lstat.
+
+    ``data/dir/name`` resolves to ``resolve(data/dir)/name`` unless ``name`` itself is a symlink (then it is
+    resolved in full). At most ``_MAX_DIRS`` resolved folders are remembered, so memory stays bounded.
+    """
+
+    _MAX_DIRS = 4096
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.dirs: dict[str, Path | None] = {}
+
+    def file(self, rel: str) -> tuple[Path | None, bool]:
+        """``(path, is a regular file)`` for ``rel``; path None when it leads outside the data folder."""
+        head, name = os.path.split(rel)
+        if not name or name in (".", "..") or os.path.isabs(rel) or "\0" in rel:
+            path = _inside(self.data, rel)
+            return path, path is not None and path.is_file()
+        if head not in self.dirs:
+            if len(self.dirs) >= self._MAX_DIRS:
+                self.dirs.clear()
+            self.dirs[head] = _inside(self.data, head) if head else self.data
+        folder = self.dirs[head]
+        if folder is None:
+            return None, False
+        path = folder / name
+        try:
+            mode = path.lstat().st_mode
+        except (OSError, ValueError):
+            return path, False
+        if stat.S_ISLNK(mode):
+            path = _inside(self.data, rel)
+            return path, path is not None and path.is_file()
+        return path, stat.S_ISREG(mode)
+
+
+def _plan(number: int, record: dict[str, str], paths: _Paths, cfg: Config) -> _Row:
     """The checks that need no decoding: paths, existence, class, mask presence."""
     rel, label = record.get("file", ""), record.get("label", "")
     mask_rel = record.get("mask_file", "")
@@ -239,19 +288,19 @@ def _plan(number: int, record: dict[str, str], data: Path, cfg: Config) -> _Row:
 
     if not rel:
         return reject("file_missing", f"labels.csv row {number} has an empty file field")
-    path = _inside(data, rel)
+    path, exists = paths.file(rel)
     if path is None:
         return reject("path_escape", "path leads outside the data folder ('..', absolute path or symlink); not read")
-    if not path.is_file():
+    if not exists:
         return reject("file_missing", "file not found in the data folder")
     if label not in cfg.data.classes:
         return reject("unknown_class", f"class {label!r} is not one of data.classes ({', '.join(cfg.data.classes)})")
     mask_path = None
     if mask_rel:
-        mask_path = _inside(data, mask_rel)
+        mask_path, mask_exists = paths.file(mask_rel)
         if mask_path is None:
             return reject("path_escape", f"mask {mask_rel} leads outside the data folder; not read")
-        if not mask_path.is_file():
+        if not mask_exists:
             return reject("file_missing", f"mask file {mask_rel} not found in the data folder")
     elif label in cfg.data.lesion_classes:
         return reject("mask_missing", f"class {label!r} is a lesion class but the row has no mask_file")
@@ -319,24 +368,26 @@ class _Accepted:
         return row.patient_id or (got.header_patient_id or "").strip()
 
 
-def _decode_all(tasks: list[_Task], cfg: Config) -> Iterator[list[_Outcome]]:
-    """Decode ``tasks`` across ``cfg.ingest.workers`` processes, yielding outcomes in task order.
+def _decode_all(rows: Iterator[_Row], n_rows: int, cfg: Config) -> Iterator[tuple[_Row, list[_Outcome] | None]]:
+    """Decode the tasks of ``rows`` across ``cfg.ingest.workers`` processes: ``(row, outcomes)`` in row order.
 
-    Small jobs are decoded in this process (see :func:`_use_pool`). Large ones go to a pool of workers forked from
-    a fork server that has imported the decoding modules once; while that server starts (the imports take a good
-    part of a second), this process decodes the first chunks itself, so the start-up is never waited for. Either
-    way the outcomes, hence the archive, are the same.
+    ``outcomes`` is None for a row rejected by planning (no task). Small jobs are decoded in this process (see
+    :func:`_use_pool`). Large ones go to a pool of workers forked from a fork server that has imported the decoding
+    modules once; while that server starts (the imports take a good part of a second), this process decodes the
+    first chunks itself, so the start-up is never waited for. Either way the outcomes, hence the archive, are the
+    same.
 
-    Work goes out in chunks of ``_CHUNK`` files and at most ``_IN_FLIGHT_PER_WORKER`` chunks per worker are out at a
-    time, so memory stays flat whatever the dataset size, and the output order does not depend on which worker
-    finishes first.
+    Rows are read from ``rows`` only as work goes out, in chunks of ``_CHUNK``, and at most
+    ``_IN_FLIGHT_PER_WORKER`` chunks per worker are out at a time: memory stays flat whatever the dataset size,
+    and the output order does not depend on which worker finishes first.
     """
     workers = max(1, int(cfg.ingest.workers))
-    if not _use_pool(len(tasks), workers):
-        yield from (_decode(t, cfg) for t in tasks)
+    if not _use_pool(n_rows, workers):
+        for row in rows:
+            yield row, None if row.task is None else _decode(row.task, cfg)
         return
     parallel = min(workers, os.cpu_count() or 1)
-    chunks = [tasks[i : i + _CHUNK] for i in range(0, len(tasks), _CHUNK)]
+    chunks = iter(lambda: list(itertools.islice(rows, _CHUNK)), [])
     pool = ProcessPoolExecutor(
         max_workers=parallel, mp_context=_pool_context(), initializer=_init_worker, initargs=(cfg,)
     )
@@ -345,19 +396,27 @@ def _decode_all(tasks: list[_Task], cfg: Config) -> Iterator[list[_Outcome]]:
     starter = threading.Thread(target=_start_workers, args=(pool, parallel, started), daemon=True)
     starter.start()
     try:
-        ahead: dict[int, Future[list[list[_Outcome]]]] = {}
-        submitted = 0  # chunks below this index are decoded here or already handed to the pool
-        for i, chunk in enumerate(chunks):
+        ahead: deque[tuple[list[_Row], Future[list[list[_Outcome]]]]] = deque()
+        while True:
             if any(f.done() and not f.exception() for f in list(started)):
-                submitted = max(submitted, i + 1)
-                while submitted < len(chunks) and len(ahead) < parallel * _IN_FLIGHT_PER_WORKER:
-                    ahead[submitted] = pool.submit(_decode_chunk, chunks[submitted])
-                    submitted += 1
-            future = ahead.pop(i, None)
-            if future is None or future.cancel():
-                yield from (_decode(t, cfg) for t in chunk)
+                while len(ahead) < parallel * _IN_FLIGHT_PER_WORKER:
+                    chunk = next(chunks, None)
+                    if chunk is None:
+                        break
+                    tasks = [r.task for r in chunk if r.task is not None]
+                    ahead.append((chunk, pool.submit(_decode_chunk, tasks)))
+            if ahead:  # the pool's chunks come first in row order: they were taken from the front
+                chunk, future = ahead.popleft()
+                results = None if future.cancel() else iter(future.result())
             else:
-                yield from future.result()
+                chunk, results = next(chunks, None), None
+                if chunk is None:
+                    break
+            for row in chunk:
+                if row.task is None:
+                    yield row, None
+                else:
+                    yield row, _decode(row.task, cfg) if results is None else next(results)
     finally:
         starter.join()
         pool.shutdown(wait=True, cancel_futures=True)

@@ -159,6 +159,13 @@ def escape_symlink(root, tmp_path):
     return "dicom/link.dcm"
 
 
+def escape_symlinked_folder(root, tmp_path):
+    outside_file(tmp_path)
+    (root / "elsewhere").symlink_to(tmp_path, target_is_directory=True)
+    append(root, file="elsewhere/outside.dcm", label="normal")
+    return "elsewhere/outside.dcm"
+
+
 def escape_absolute(root, tmp_path):
     path = str(outside_file(tmp_path))
     append(root, file=path, label="normal")
@@ -229,6 +236,7 @@ QUARANTINE_CASES = [
     (unknown_class, "unknown_class"),
     (escape_dotdot, "path_escape"),
     (escape_symlink, "path_escape"),
+    (escape_symlinked_folder, "path_escape"),
     (escape_absolute, "path_escape"),
     (mask_escape, "path_escape"),
     (mask_size_mismatch, "mask_size_mismatch"),
@@ -366,3 +374,18 @@ def test_multiframe_rows_expand_into_frames_and_grow_the_archive(data, tmp_path)
         salt=SALT,
     )
     assert rejected["quarantined_by_reason"] == {"multiframe": 1} and rejected["n_ok"] == 3
+
+
+def test_paths_resolve_each_folder_once_and_follow_links_inside(data, tmp_path):
+    root = data.resolve()
+    some = next((root / "dicom").rglob("*.dcm"))
+    (root / "alias.dcm").symlink_to(some)  # a link that stays inside is fine
+    (root / "series").symlink_to(some.parent, target_is_directory=True)
+    paths = core._Paths(root)
+    assert paths.file("alias.dcm") == (some, True)
+    assert paths.file(f"series/{some.name}") == (some, True)
+    assert paths.file(some.relative_to(root).as_posix()) == (some, True)
+    assert paths.file("dicom/nope.dcm") == (root / "dicom" / "nope.dcm", False)
+    assert paths.file("dicom") == (root / "dicom", False)  # a folder is not a file
+    assert paths.file("../x.dcm")[0] is None and paths.file("/etc/passwd")[0] is None
+    assert set(paths.dirs) >= {"series", some.parent.relative_to(root).as_posix()}
