@@ -219,12 +219,15 @@ def main() -> None:
             naive10 = child(NAIVE, big, args.image_size)
             peak_n = max(ing["rss_kb"], ing["worker_rss_kb"])
             peak_10 = max(ing10["rss_kb"], ing10["worker_rss_kb"])
+            ratio10 = naive10["seconds"] / ing10["seconds"]
+            print(f"naive at 10N={n10}: {n10 / naive10['seconds']:8.1f} files/s; ingest/naive at 10N: {ratio10:.2f}x")
             print(
                 f"ingest at 10N={n10}: {n10 / ing10['seconds']:8.1f} files/s  peak RSS parent "
                 f"{ing10['rss_kb'] / 1024:.0f} MiB, worker {ing10['worker_rss_kb'] / 1024:.0f} MiB; "
                 f"peak 10N/N = {peak_10 / peak_n:.2f}x (naive list: {naive10['rss_kb'] / naive['rss_kb']:.2f}x)"
             )
             details += (
+                f"; at 10N={n10} (one run each) ingest/naive {ratio10:.2f}x"
                 f"; peak RSS {peak_n / 1024:.0f} -> {peak_10 / 1024:.0f} MiB at 10N "
                 f"({peak_10 / peak_n:.2f}x; naive {naive10['rss_kb'] / naive['rss_kb']:.2f}x)"
             )

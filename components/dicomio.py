@@ -46,6 +46,7 @@ from pydicom.pixels import apply_color_lut
 
 from components import dicomscan, windowing
 from components.config import Config
+from components.dicomheader import Header
 from components.errors import ConfigError, DataError
 
 # Header keywords whose values identify a patient, a clinician or a visit. Ingest never copies them anywhere, error
@@ -174,7 +175,7 @@ def read_header(path: str | os.PathLike[str], cfg: Config) -> Dataset:
     _check_size(path, cfg)
     with _lenient_values():
         ds = _parse(path, stop_before_pixels=True)
-        _image_header(ds, path, cfg)
+        _image_header(Header(ds), path, cfg)
     return ds
 
 
@@ -222,18 +223,18 @@ def _check_size(path: Path, cfg: Config) -> None:
         )
 
 
-def _image_header(ds: Dataset, path: Path, cfg: Config) -> _ImageHeader:
-    """The image checks of :func:`read_header` on a parsed data set (its pixel data not decoded yet)."""
+def _image_header(h: Header, path: Path, cfg: Config) -> _ImageHeader:
+    """The image checks of :func:`read_header` on a parsed header (its pixel data not decoded yet)."""
     limit = cfg.ingest.max_decoded_bytes
-    if "Rows" not in ds and "Columns" not in ds and "NumberOfFrames" not in ds:
-        raise ImageRejected("no_pixel_data", path, f"no image in this DICOM object (SOP class {_sop_class(ds)})")
+    if "Rows" not in h and "Columns" not in h and "NumberOfFrames" not in h:
+        raise ImageRejected("no_pixel_data", path, f"no image in this DICOM object (SOP class {_sop_class(h.ds)})")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # value-validation warnings quote raw values: keep them out of logs
-            rows, cols, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
-            samples = int(ds.get("SamplesPerPixel", 1) or 1)
-            frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError) as exc:
+            rows, cols, bits = int(h["Rows"]), int(h["Columns"]), int(h["BitsAllocated"])
+            samples = int(h.get("SamplesPerPixel", 1) or 1)
+            frames = int(h.get("NumberOfFrames", 1) or 1)
+    except (KeyError, AttributeError, TypeError, ValueError) as exc:
         raise ImageRejected("bad_header", path, f"image attributes missing or invalid ({_exc_name(exc)})") from None
     if rows <= 0 or cols <= 0 or bits not in (1, 8, 16, 32, 64) or samples <= 0 or frames <= 0:
         raise ImageRejected(
@@ -242,7 +243,7 @@ def _image_header(ds: Dataset, path: Path, cfg: Config) -> _ImageHeader:
             f"invalid image attributes: Rows={rows} Columns={cols} "
             f"BitsAllocated={bits} SamplesPerPixel={samples} NumberOfFrames={frames}",
         )
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    photometric = str(h.get("PhotometricInterpretation", "")).strip()
     # A palette image decodes to 3 x 16-bit samples once its colour table is applied.
     decoded_samples, decoded_bits = (3, max(bits, 16)) if photometric == "PALETTE COLOR" else (samples, bits)
     declared = math.ceil(rows * cols * frames * decoded_samples * decoded_bits / 8)
@@ -291,16 +292,18 @@ def read_frames(path: str | os.PathLike[str], cfg: Config, source_hash: Any = No
 def _read_frames(path: Path, cfg: Config, raw: bytes) -> list[DicomImage]:
     """:func:`read_frames` from the file's bytes."""
     # One parse: the file size is bounded above, and nothing is decoded before the header checks pass.
-    ds = dicomscan.scan(raw, _KEPT_TAGS) or _parse(path, stop_before_pixels=False, raw=raw)
-    image = _image_header(ds, path, cfg)
+    scanned = dicomscan.scan(raw, _KEPT_TAGS)
+    ds = scanned or _parse(path, stop_before_pixels=False, raw=raw)
+    h = Header(ds, raw_values=scanned is not None)  # each element converted once, however often it is read
+    image = _image_header(h, path, cfg)
     if not any(k in ds for k in _PIXEL_KEYWORDS):
         raise ImageRejected(
             "no_pixel_data", path, "the header declares an image but the file has no pixel data (truncated?)"
         )
     rows, cols, n_frames, photometric = image.rows, image.cols, image.frames, image.photometric
     colour = photometric not in _GREY
-    _check_native_length(ds, path, image)
-    stored = _native_pixels(ds, image)
+    _check_native_length(h, path, image)
+    stored = _native_pixels(h, image)
     if stored is None:
         try:
             with warnings.catch_warnings():
@@ -316,13 +319,13 @@ def _read_frames(path: Path, cfg: Config, raw: bytes) -> list[DicomImage]:
             path,
             f"decoded shape {stored.shape} differs from the declared {n_frames} frame(s) of {rows}x{cols}",
         )
-    spacing, modality = _pixel_spacing(ds), str(ds.get("Modality", ""))
-    patient_id = str(ds.PatientID) if ds.get("PatientID") else None
+    spacing, modality = _pixel_spacing(h), str(h.get("Modality", ""))
+    patient_id = str(h["PatientID"]) if h.get("PatientID") else None
     out = []
     for i in range(n_frames):
         # Colour values are display values already: no clinical window (the full stored range, see _colour_values).
-        window = None if colour else windowing.choose(ds, cfg, i)
-        linear = None if colour else windowing.rescale(ds, i)
+        window = None if colour else windowing.choose(h, cfg, i)
+        linear = None if colour else windowing.rescale(h, i)
         fused = windowing.fused(stored, linear, window)
         if fused is not None and window is not None:
             unit = windowing.window_stored(stored[i], *fused)
@@ -528,10 +531,10 @@ def _parse(path: Path, stop_before_pixels: bool, raw: bytes | None = None) -> Da
         raise ImageRejected("unreadable", path, f"corrupt or truncated DICOM ({_exc_name(exc)})") from None
 
 
-def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
+def _pixel_spacing(h: Header) -> tuple[float, float] | None:
     """Row and column spacing in mm: the (first frame's) Pixel Measures functional group, else the top level."""
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = windowing.frame_value(ds, 0, "PixelMeasuresSequence", keyword)
+        value = windowing.frame_value(h, 0, "PixelMeasuresSequence", keyword)
         if value is not None and len(value) == 2:
             try:
                 return float(value[0]), float(value[1])
@@ -575,7 +578,7 @@ def _colour_values(stored: np.ndarray, ds: Dataset, photometric: str) -> tuple[n
 _NATIVE_LITTLE_ENDIAN = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
 
 
-def _native_pixels(ds: Dataset, image: _ImageHeader) -> np.ndarray | None:
+def _native_pixels(h: Header, image: _ImageHeader) -> np.ndarray | None:
     """Uncompressed little-endian greyscale integer pixels as a read-only ``(frames, rows, cols)`` array, or None.
 
     The values pydicom's ``pixel_array`` gives, including its default correction of the unused high bits (Bits
@@ -587,34 +590,34 @@ def _native_pixels(ds: Dataset, image: _ImageHeader) -> np.ndarray | None:
     bits = image.bits
     if bits not in (8, 16, 32) or image.samples != 1 or image.photometric not in _GREY:
         return None
-    if ds.file_meta.get("TransferSyntaxUID") not in _NATIVE_LITTLE_ENDIAN or "PixelData" not in ds:
+    if h.transfer_syntax not in _NATIVE_LITTLE_ENDIAN or "PixelData" not in h:
         return None
     try:
-        stored_bits = int(ds.get("BitsStored", bits) or bits)
-        signed = int(ds.get("PixelRepresentation", 0) or 0)
+        stored_bits = int(h.get("BitsStored", bits) or bits)
+        signed = int(h.get("PixelRepresentation", 0) or 0)
     except (TypeError, ValueError):
         return None
     if signed not in (0, 1) or not 0 < stored_bits <= bits:
         return None
     dtype = np.dtype(f"<{'ui'[signed]}{bits // 8}")
     count = image.rows * image.cols * image.frames
-    arr = np.frombuffer(ds.PixelData, dtype=dtype, count=count).reshape(image.frames, image.rows, image.cols)
+    arr = np.frombuffer(h["PixelData"], dtype=dtype, count=count).reshape(image.frames, image.rows, image.cols)
     if stored_bits < bits:
         shift = bits - stored_bits
         arr = np.right_shift(np.left_shift(arr, shift), shift)
     return arr
 
 
-def _check_native_length(ds: Dataset, path: Path, image: _ImageHeader) -> None:
+def _check_native_length(h: Header, path: Path, image: _ImageHeader) -> None:
     """Uncompressed pixel data shorter than declared means a truncated file: say so instead of a decoder error."""
-    syntax = ds.file_meta.get("TransferSyntaxUID")
-    if syntax is None or syntax.is_compressed or "PixelData" not in ds:
+    syntax = h.transfer_syntax
+    if syntax is None or syntax.is_compressed or "PixelData" not in h:
         return
     rows, cols, frames = image.rows, image.cols, image.frames
     # YBR_FULL_422 subsamples chroma 2:1 horizontally: Y Y Cb Cr per two pixels.
     samples = 2 if image.photometric == "YBR_FULL_422" else image.samples
     needed = math.ceil(rows * cols * frames * samples * image.bits / 8)
-    have = len(ds.PixelData or b"")
+    have = len(h.get("PixelData") or b"")
     if have < needed:
         raise ImageRejected(
             "unreadable",

@@ -26,6 +26,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi
 
 from components.config import Config
+from components.dicomheader import Header
 
 # Largest error in [0, 1] units the one-pass float32 window may make before the float64 path is used instead.
 FUSED_MAX_ERROR = 1e-6
@@ -45,7 +46,7 @@ class Window(NamedTuple):
         return self.source in ("config", "header", "full_range")
 
 
-def frame_value(ds: Dataset, frame: int, group: str, keyword: str) -> Any:
+def frame_value(ds: Header | Dataset, frame: int, group: str, keyword: str) -> Any:
     """``keyword`` for one frame: its per-frame functional group, the shared one, else the top-level element.
 
     ``group`` is the functional group macro's sequence (e.g. ``PixelValueTransformationSequence``); classic images
@@ -81,7 +82,7 @@ def first_number(value: object) -> float | None:
         return None
 
 
-def rescale(ds: Dataset, frame: int) -> tuple[float, float] | None:
+def rescale(ds: Header, frame: int) -> tuple[float, float] | None:
     """The frame's linear Modality LUT ``(slope, intercept)``; None for a Modality LUT Sequence or unusable tags."""
     if ds.get("ModalityLUTSequence"):
         return None
@@ -95,7 +96,7 @@ def rescale(ds: Dataset, frame: int) -> tuple[float, float] | None:
     return slope_value, intercept_value
 
 
-def choose(ds: Dataset, cfg: Config, frame: int) -> Window:
+def choose(ds: Header, cfg: Config, frame: int) -> Window:
     """The frame's VOI, by the order of the module docstring."""
     if cfg.data.window_center is not None and cfg.data.window_width is not None:
         return Window(float(cfg.data.window_center), float(cfg.data.window_width), "config")

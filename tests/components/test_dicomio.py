@@ -11,6 +11,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from components import windowing
 from components.config import resolve
+from components.dicomheader import Header
 from components.dicomio import (
     ImageRejected,
     _image_header,
@@ -448,11 +449,11 @@ def _bundled_native():
     for path in sorted(p for p in PYDICOM_FILES.rglob("*") if p.is_file()):
         try:
             ds = pydicom.dcmread(path, force=True)
-            header = _image_header(ds, path, LENIENT)
+            header = _image_header(Header(ds), path, LENIENT)
         except Exception:  # noqa: BLE001 - not an image read_frames would decode: not a case for the fast path
             continue
         try:
-            fast = _native_pixels(ds, header)
+            fast = _native_pixels(Header(ds), header)
         except ValueError:  # cut-short pixel data: read_frames rejects those before this step
             continue
         if fast is not None:
@@ -483,7 +484,7 @@ def test_native_fast_path_ignores_unused_high_bits_like_pydicom(tmp_path, signed
     path = write_dicom(tmp_path / "a.dcm", stored=raw.astype(np.int32), BitsStored=12, HighBit=11)
     ds = pydicom.dcmread(path)
     ds.PixelRepresentation = int(signed)
-    fast = _native_pixels(ds, _image_header(ds, path, cfg()))
+    fast = _native_pixels(Header(ds), _image_header(Header(ds), path, cfg()))
     assert fast is not None
     np.testing.assert_array_equal(fast[0], ds.pixel_array)
     np.testing.assert_array_equal(fast[0], stored)

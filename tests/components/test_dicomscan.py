@@ -7,6 +7,7 @@ import pytest
 
 from components import dicomio, dicomscan
 from components.config import resolve
+from components.dicomheader import Header
 from components.phantom import write_phantom
 
 BUNDLED = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -90,3 +91,21 @@ def test_read_frames_gives_the_same_images_with_and_without_the_fast_path(phanto
 def test_unknown_keyword_is_refused():
     with pytest.raises(ValueError, match="NotAKeyword"):
         dicomscan.tags(["Rows", "NotAKeyword"])
+
+
+def test_header_view_converts_raw_elements_as_pydicom_does(phantom):
+    checked = 0
+    for path in files() + phantom:
+        scanned = dicomscan.scan(path.read_bytes(), KEEP)
+        if scanned is None:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            full = Header(pydicom.dcmread(path, force=True))
+            fast = Header(scanned, raw_values=True)
+            for keyword in KEYWORDS:
+                ours, theirs = fast.get(keyword), full.get(keyword)
+                assert ours == theirs, (path.name, keyword, ours, theirs)
+                assert (keyword in fast) == (keyword in full)
+                checked += 1
+    assert checked > 1000
