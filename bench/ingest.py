@@ -10,8 +10,9 @@ its header, label and mask. Then, in the same run:
   labels, masks, windowing, content hashes, duplicate check, memory-mapped archive, manifest, quarantine).
 
 Both run in fresh child processes, timed around the work (the ingest worker pool's start-up is inside); peak
-memory is the high-water RSS of the child (``VmHWM``), and for ingest separately of the largest of its workers
-(sampled from ``/proc`` every 20 ms). Ingest is then repeated on about 10N files to show that memory stays flat.
+memory is the high-water RSS of the child (``VmHWM``, read by the child at its end), and for ingest separately of
+the largest of its workers (sampled from ``/proc`` by this script every 20 ms). Ingest is then repeated on about
+10N files to show that memory stays flat.
 
 N defaults to 2000: one CT series alone is a few hundred slices, a training set thousands; a pool of worker
 processes pays for its start-up only on such sizes (below ~500 files ingest decodes in its own process).
@@ -34,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,37 +44,38 @@ sys.path.insert(0, str(ROOT))
 SLICES = 12  # phantom slices per patient
 BASE_PATIENTS = 17  # 204 distinct phantom files, replicated to N
 
-# Peak RSS of this process and of its descendants (the ingest workers), sampled from /proc while the work runs.
+# The child's own peak RSS, read at its end: no sampling thread inside the child, whose presence would change how
+# ingest starts its workers (it forks only from a single-threaded process).
 PEAK = """
-import os, threading, time
-def _hwm(pid):
+import os
+def peaks():
+    with open(f"/proc/{os.getpid()}/status") as fh:
+        return {"rss_kb": next(int(l.split()[1]) for l in fh if l.startswith("VmHWM:"))}
+"""
+
+
+def _hwm(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as fh:
-            return next(int(l.split()[1]) for l in fh if l.startswith("VmHWM:"))
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
     except (OSError, StopIteration):
         return 0
-def _children(pid):
-    out = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as fh:
-                out += [int(c) for c in fh.read().split()]
-    except OSError:
-        pass
-    return out
-peak_children = {}
-def _sample():
-    while True:
-        todo = _children(os.getpid())
-        while todo:
-            pid = todo.pop()
-            peak_children[pid] = max(peak_children.get(pid, 0), _hwm(pid))
-            todo += _children(pid)
-        time.sleep(0.02)
-threading.Thread(target=_sample, daemon=True).start()
-def peaks():
-    return {"rss_kb": _hwm(os.getpid()), "worker_rss_kb": max(peak_children.values(), default=0)}
-"""
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as fh:
+                    kids = [int(c) for c in fh.read().split()]
+                    found += kids
+                    todo += kids
+        except OSError:
+            pass
+    return found
+
 
 NAIVE = (
     PEAK
@@ -112,13 +115,23 @@ print(json.dumps({"files": summary["n_rows"], "ok": summary["n_ok"], "seconds": 
 
 
 def child(code: str, *args: object) -> dict[str, float]:
+    """Run ``code`` in a fresh interpreter; its JSON result plus the peak RSS of its workers (sampled from here)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", code, *map(str, args)], env=env, cwd=ROOT, capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"benchmark child failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, *map(str, args)], env=env, cwd=ROOT, stdout=out, stderr=err
+        )
+        workers: dict[int, int] = {}
+        while proc.poll() is None:
+            for pid in _descendants(proc.pid):
+                workers[pid] = max(workers.get(pid, 0), _hwm(pid))
+            time.sleep(0.02)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(f"benchmark child failed:\n{err.read()[-3000:]}")
+        result = json.loads(out.read().strip().splitlines()[-1])
+    return {**result, "worker_rss_kb": max(workers.values(), default=0)}
 
 
 def phantom(root: Path, size: int) -> Path:

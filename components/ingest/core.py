@@ -18,7 +18,6 @@ import threading
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,9 +104,9 @@ def ingest(
     out = Path(out_dir)
     with (
         ArchiveWriter(out, capacity=n_rows, image_size=cfg.data.image_size) as writer,
-        closing(_decode_all(planned, n_rows, cfg)) as decoded,
+        _Decoder(planned, n_rows, cfg) as decoder,  # before tqdm, whose monitor thread would rule out fork
     ):
-        for row, outcomes in tqdm(decoded, total=n_rows, desc="ingest", unit="file", mininterval=1.0):
+        for row, outcomes in tqdm(decoder, total=n_rows, desc="ingest", unit="file", mininterval=1.0):
             if outcomes is None:
                 writer.reject(row.rel, str(row.reason), row.message)
                 continue
@@ -368,43 +367,66 @@ class _Accepted:
         return row.patient_id or (got.header_patient_id or "").strip()
 
 
-def _decode_all(rows: Iterator[_Row], n_rows: int, cfg: Config) -> Iterator[tuple[_Row, list[_Outcome] | None]]:
-    """Decode the tasks of ``rows`` across ``cfg.ingest.workers`` processes: ``(row, outcomes)`` in row order.
+class _Decoder:
+    """Decode the tasks of planned rows across ``cfg.ingest.workers`` processes: ``(row, outcomes)`` in row order.
 
-    ``outcomes`` is None for a row rejected by planning (no task). Small jobs are decoded in this process (see
-    :func:`_use_pool`). Large ones go to a pool of workers forked from a fork server that has imported the decoding
-    modules once; while that server starts (the imports take a good part of a second), this process decodes the
-    first chunks itself, so the start-up is never waited for. Either way the outcomes, hence the archive, are the
-    same.
+    Use as a context manager, then iterate; ``outcomes`` is None for a row rejected by planning (no task). Small jobs
+    are decoded in this process (see :func:`_use_pool`). Large ones go to a pool of worker processes (see
+    :func:`_pool_context` for how they start); until a worker is up, this process decodes the first chunks itself,
+    so a slow start-up is never waited for. Either way the outcomes, hence the archive, are the same.
 
     Rows are read from ``rows`` only as work goes out, in chunks of ``_CHUNK``, and at most
     ``_IN_FLIGHT_PER_WORKER`` chunks per worker are out at a time: memory stays flat whatever the dataset size,
     and the output order does not depend on which worker finishes first.
     """
-    workers = max(1, int(cfg.ingest.workers))
-    if not _use_pool(n_rows, workers):
-        for row in rows:
-            yield row, None if row.task is None else _decode(row.task, cfg)
-        return
-    parallel = min(workers, os.cpu_count() or 1)
-    chunks = iter(lambda: list(itertools.islice(rows, _CHUNK)), [])
-    pool = ProcessPoolExecutor(
-        max_workers=parallel, mp_context=_pool_context(), initializer=_init_worker, initargs=(cfg,)
-    )
-    started: list[Future[bool]] = []
-    # Starting a worker blocks until the fork server is up: let a thread wait for that, not the decoding.
-    starter = threading.Thread(target=_start_workers, args=(pool, parallel, started), daemon=True)
-    starter.start()
-    try:
+
+    def __init__(self, rows: Iterator[_Row], n_rows: int, cfg: Config) -> None:
+        self.rows, self.cfg = rows, cfg
+        self.parallel = min(max(1, int(cfg.ingest.workers)), os.cpu_count() or 1)
+        self.use_pool = _use_pool(n_rows, self.parallel)
+        self.pool: ProcessPoolExecutor | None = None
+        self.started: list[Future[bool]] = []
+        self.starter: threading.Thread | None = None
+
+    def __enter__(self) -> _Decoder:
+        if not self.use_pool:
+            return self
+        context = _pool_context()
+        self.pool = ProcessPoolExecutor(
+            max_workers=self.parallel, mp_context=context, initializer=_init_worker, initargs=(self.cfg,)
+        )
+        if context.get_start_method() == "fork":
+            _start_workers(self.pool, self.parallel, self.started)  # forks now, from this one thread
+        else:
+            # Starting a worker blocks until the fork server is up: a thread waits for that, not the decoding.
+            self.starter = threading.Thread(
+                target=_start_workers, args=(self.pool, self.parallel, self.started), daemon=True
+            )
+            self.starter.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.starter is not None:
+            self.starter.join()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def __iter__(self) -> Iterator[tuple[_Row, list[_Outcome] | None]]:
+        cfg = self.cfg
+        if self.pool is None:
+            for row in self.rows:
+                yield row, None if row.task is None else _decode(row.task, cfg)
+            return
+        chunks = iter(lambda: list(itertools.islice(self.rows, _CHUNK)), [])
         ahead: deque[tuple[list[_Row], Future[list[list[_Outcome]]]]] = deque()
         while True:
-            if any(f.done() and not f.exception() for f in list(started)):
-                while len(ahead) < parallel * _IN_FLIGHT_PER_WORKER:
+            if any(f.done() and not f.exception() for f in list(self.started)):
+                while len(ahead) < self.parallel * _IN_FLIGHT_PER_WORKER:
                     chunk = next(chunks, None)
                     if chunk is None:
                         break
                     tasks = [r.task for r in chunk if r.task is not None]
-                    ahead.append((chunk, pool.submit(_decode_chunk, tasks)))
+                    ahead.append((chunk, self.pool.submit(_decode_chunk, tasks)))
             if ahead:  # the pool's chunks come first in row order: they were taken from the front
                 chunk, future = ahead.popleft()
                 results = None if future.cancel() else iter(future.result())
@@ -417,9 +439,6 @@ def _decode_all(rows: Iterator[_Row], n_rows: int, cfg: Config) -> Iterator[tupl
                     yield row, None
                 else:
                     yield row, _decode(row.task, cfg) if results is None else next(results)
-    finally:
-        starter.join()
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _start_workers(pool: ProcessPoolExecutor, n: int, started: list[Future[bool]]) -> None:
@@ -432,12 +451,17 @@ def _start_workers(pool: ProcessPoolExecutor, n: int, started: list[Future[bool]
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
-    """Fork server where the platform has one (workers fork from a clean process that imported the decoder once).
+    """How worker processes start: fork when that is safe, else a fork server, else spawn.
 
-    Never plain fork: the parent may hold threads (MLflow, kfp, this module's starter) whose locks a fork would copy
-    mid-use. Spawn elsewhere.
+    Fork is instant (the workers share this process's imported modules), but only safe while this process runs a
+    single thread: a fork copies the locks other threads hold (logging, MLflow's and tqdm's threads) in whatever
+    state they are. Otherwise workers fork from a fork server, a clean process that imports the decoder once (about
+    half a second, during which this process decodes on its own); spawn where neither exists.
     """
-    if "forkserver" not in multiprocessing.get_all_start_methods():
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    if "forkserver" not in methods:
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["components.ingest.decode"])
