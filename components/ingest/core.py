@@ -18,6 +18,7 @@ import threading
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from components.archive import ArchiveWriter
 from components.config import Config
 from components.dicomio import INTERPOLATION, check_policy
 from components.dicomio import REASONS as DECODE_REASONS
-from components.errors import DataError
+from components.errors import DataError, MedganError
 from components.ingest.decode import _decode, _decode_chunk, _file_sha256, _init_worker, _Outcome, _ready, _Task
 
 log = logging.getLogger(__name__)
@@ -429,7 +430,7 @@ class _Decoder:
                     ahead.append((chunk, self.pool.submit(_decode_chunk, tasks)))
             if ahead:  # the pool's chunks come first in row order: they were taken from the front
                 chunk, future = ahead.popleft()
-                results = None if future.cancel() else iter(future.result())
+                results = None if future.cancel() else iter(_result(future, chunk))
             else:
                 chunk, results = next(chunks, None), None
                 if chunk is None:
@@ -439,6 +440,16 @@ class _Decoder:
                     yield row, None
                 else:
                     yield row, _decode(row.task, cfg) if results is None else next(results)
+
+
+def _result(future: Future[list[list[_Outcome]]], chunk: list[_Row]) -> list[list[_Outcome]]:
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise MedganError(
+            f"a decoding worker died while reading {chunk[0].rel} .. {chunk[-1].rel} (killed by the system, most "
+            "likely out of memory): lower ingest.workers or ingest.max_decoded_bytes, or check those files"
+        ) from None
 
 
 def _start_workers(pool: ProcessPoolExecutor, n: int, started: list[Future[bool]]) -> None:

@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 import shutil
 import time
 
@@ -10,7 +11,7 @@ from PIL import Image
 
 from components.archive import MANIFEST_COLUMNS, QUARANTINE_COLUMNS, open_archive
 from components.config import resolve
-from components.errors import DataError
+from components.errors import DataError, MedganError
 from components.ingest import core, decode
 from components.ingest.core import REASONS, hash_patient, ingest
 from components.phantom import PHI_TAGS, write_phantom
@@ -389,3 +390,18 @@ def test_paths_resolve_each_folder_once_and_follow_links_inside(data, tmp_path):
     assert paths.file("dicom") == (root / "dicom", False)  # a folder is not a file
     assert paths.file("../x.dcm")[0] is None and paths.file("/etc/passwd")[0] is None
     assert set(paths.dirs) >= {"series", some.parent.relative_to(root).as_posix()}
+
+
+def test_a_worker_killed_mid_ingest_is_a_clear_error_and_leaves_no_archive(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(core, "_POOL_START_S", 0.0)
+    monkeypatch.setattr(core, "_CHUNK", 2)
+    monkeypatch.setattr(core.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(core, "_decode", lambda task, cfg: time.sleep(0.5))  # leave the work to the workers
+    monkeypatch.setattr(core, "_decode_chunk", _die)
+    with pytest.raises(MedganError, match="decoding worker died"):
+        ingest(data, tmp_path / "archive", resolve("tiny", ["ingest.workers=2"]), salt=SALT)
+    assert not (tmp_path / "archive").exists()
+
+
+def _die(tasks):
+    os._exit(9)  # what the kernel's OOM killer looks like from the parent: the worker is just gone
