@@ -53,7 +53,7 @@ class Header:
         tag = tag_for_keyword(keyword)
         if tag is None:
             return None
-        elem = self.ds._dict.get(tag)  # noqa: SLF001 - the raw element, without converting it
+        elem = self.ds.get_item(tag)  # the raw element as read, not converted
         if elem is None:
             return None
         if self._raw_values and isinstance(elem, RawDataElement):
