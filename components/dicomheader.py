@@ -21,6 +21,7 @@ _MISSING = object()
 # Value representations converted here from the raw bytes (little endian); the rest goes through pydicom.
 _TEXT = frozenset({"CS", "SH", "LO", "UI", "AE"})
 _NUMBER_TEXT = frozenset({"DS", "IS"})
+_BYTES = frozenset({"OB", "OW"})  # kept as the raw bytes by pydicom too (byte order is the pixel reader's business)
 
 
 class Header:
@@ -69,6 +70,8 @@ def _from_bytes(vr: str, value: bytes | None) -> Any:
     """Little-endian bytes of a simple value representation -> what pydicom gives, or _MISSING to let it do it."""
     if value is None or len(value) == 0:
         return None
+    if vr in _BYTES:
+        return value
     if vr == "US":
         if len(value) != 2:
             return _MISSING  # multi-valued: pydicom's list

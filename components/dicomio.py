@@ -304,6 +304,8 @@ def _read_frames(path: Path, cfg: Config, raw: bytes) -> list[DicomImage]:
     colour = photometric not in _GREY
     _check_native_length(h, path, image)
     stored = _native_pixels(h, image)
+    if stored is None and scanned is not None:  # never expected (the scan takes only what _native_pixels reads)
+        ds = _parse(path, stop_before_pixels=False, raw=raw)  # pydicom's decoders want its own pixel bytes
     if stored is None:
         try:
             with warnings.catch_warnings():

@@ -18,17 +18,20 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
+from pydicom import config
 from pydicom.charset import convert_encodings
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
+_UIDS = {EXPLICIT_LE: UID(EXPLICIT_LE), IMPLICIT_LE: UID(IMPLICIT_LE)}
 
 _PIXEL_DATA = 0x7FE00010
+_TRANSFER_SYNTAX = BaseTag(0x00020010)
 # Present in the file -> the general path: pydicom applies or decodes them, or they mark an image this path skips.
 _DECLINE = frozenset(
     {
@@ -43,6 +46,8 @@ _DECLINE = frozenset(
 _PHOTOMETRIC = 0x00280004
 _SAMPLES = 0x00280002
 _BITS_ALLOCATED = 0x00280100
+_BITS_STORED = 0x00280101
+_PIXEL_REPRESENTATION = 0x00280103
 # Explicit-VR value representations with a 2-byte reserved field and a 4-byte length.
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -69,6 +74,8 @@ def tags(keywords: Iterable[str]) -> frozenset[int]:
 def scan(raw: bytes, keep: frozenset[int]) -> Dataset | None:
     """A data set of the top-level elements ``keep`` (tags) and the pixel data of ``raw`` (a whole file's bytes).
 
+    The PixelData value is a ``memoryview`` of ``raw`` (no copy); every other value is ``bytes`` as pydicom reads.
+
     None when the file is not the simple case: then parse it with pydicom.
     """
     try:
@@ -85,7 +92,7 @@ def _scan(raw: bytes, keep: frozenset[int]) -> Dataset | None:
         return None
     implicit = syntax == IMPLICIT_LE
     kept: dict[BaseTag, RawDataElement] = {}
-    end = len(raw)
+    end, view = len(raw), memoryview(raw)
     while pos < end:
         tag, vr, length, start = _element(raw, pos, implicit)
         if tag in _DECLINE:
@@ -99,16 +106,18 @@ def _scan(raw: bytes, keep: frozenset[int]) -> Dataset | None:
         if stop > end:
             return None  # cut short: pydicom says how
         if tag == _PIXEL_DATA or tag in keep:
+            # Pixel data as a view of ``raw``: copying it would cost as much as parsing the rest of the header.
+            value = view[start:stop] if tag == _PIXEL_DATA else raw[start:stop]
             kept[BaseTag(tag)] = RawDataElement(
-                BaseTag(tag), vr.decode("ascii") if vr else None, length, raw[start:stop], start, implicit, True
+                BaseTag(tag), vr.decode("ascii") if vr else None, length, value, start, implicit, True
             )
         pos = stop
     if BaseTag(_PIXEL_DATA) not in kept or not _simple_image(kept):
         return None
     ds = Dataset(kept)
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = UID(syntax)
-    ds.file_meta = meta
+    # The syntax is one of two known UIDs: validating it (pydicom's default) would cost a third of this scan.
+    meta = DataElement(_TRANSFER_SYNTAX, "UI", _UIDS[syntax], validation_mode=config.IGNORE)
+    ds.file_meta = FileMetaDataset({_TRANSFER_SYNTAX: meta})
     charset = ds.get("SpecificCharacterSet")  # as pydicom's reader: text is decoded in the file's character set
     ds.set_original_encoding(implicit, True, _encodings(charset))
     return ds
@@ -173,7 +182,11 @@ def _skip_item_elements(raw: bytes, pos: int, implicit: bool, depth: int) -> int
 
 
 def _simple_image(kept: dict[BaseTag, RawDataElement]) -> bool:
-    """Single-sample greyscale with 8/16/32-bit pixels: what the native pixel path reads (checked on the bytes)."""
+    """Whether the image is what ingest's native pixel reader takes (checked on the bytes).
+
+    Single-sample greyscale, 8/16/32-bit pixels, valid Bits Stored and Pixel Representation: pydicom then never
+    has to decode this path's pixel view.
+    """
     photometric = kept.get(BaseTag(_PHOTOMETRIC))
     samples = kept.get(BaseTag(_SAMPLES))
     bits = kept.get(BaseTag(_BITS_ALLOCATED))
@@ -182,7 +195,19 @@ def _simple_image(kept: dict[BaseTag, RawDataElement]) -> bool:
     if samples is not None and (len(samples.value) != 2 or _U16.unpack(samples.value)[0] != 1):
         return False
     name = photometric.value.rstrip(b"\0 ").decode("ascii")
-    return name in ("MONOCHROME1", "MONOCHROME2") and _U16.unpack(bits.value)[0] in (8, 16, 32)
+    if name not in ("MONOCHROME1", "MONOCHROME2"):
+        return False
+    allocated = _U16.unpack(bits.value)[0]
+    stored = _u16_or(kept.get(BaseTag(_BITS_STORED)), allocated)
+    signed = _u16_or(kept.get(BaseTag(_PIXEL_REPRESENTATION)), 0)
+    return allocated in (8, 16, 32) and 0 < stored <= allocated and signed in (0, 1)
+
+
+def _u16_or(elem: RawDataElement | None, default: int) -> int:
+    """A single US value, ``default`` when absent or empty, -1 (never valid) when malformed."""
+    if elem is None or not elem.value:
+        return default
+    return _U16.unpack(elem.value)[0] if len(elem.value) == 2 else -1
 
 
 def _encodings(charset: object) -> str | list[str]:
