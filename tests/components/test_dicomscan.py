@@ -63,6 +63,25 @@ def test_declines_what_is_not_the_simple_case(name):
     assert dicomscan.scan((BUNDLED / name).read_bytes(), KEEP) is None
 
 
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [("BitsStored", 17), ("BitsStored", 0), ("PixelRepresentation", 2), ("SamplesPerPixel", 3)],
+)
+def test_declines_pixel_layouts_the_native_reader_would_not_take(phantom, tmp_path, keyword, value):
+    ds = pydicom.dcmread(phantom[0])
+    assert dicomscan.scan(phantom[0].read_bytes(), KEEP) is not None
+    setattr(ds, keyword, value)
+    ds.save_as(tmp_path / "odd.dcm")
+    assert dicomscan.scan((tmp_path / "odd.dcm").read_bytes(), KEEP) is None
+
+
+def test_pixel_data_is_a_view_of_the_file_with_pydicoms_bytes(phantom):
+    raw = phantom[0].read_bytes()
+    value = dicomscan.scan(raw, KEEP).get_item(0x7FE00010).value
+    assert isinstance(value, memoryview) and value.obj is raw
+    assert value == pydicom.dcmread(phantom[0]).PixelData
+
+
 def test_cut_short_files_are_declined_not_misread(phantom):
     raw = phantom[0].read_bytes()
     for cut in (100, 140, 300, len(raw) // 2, len(raw) - 1):
