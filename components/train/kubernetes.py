@@ -309,27 +309,34 @@ def submit_and_wait(
     sleep: Callable[[float], None] = time.sleep,
     delete_on_timeout: bool = True,
 ) -> dict[str, Any]:
-    """Create ``job`` (or adopt an existing one of the same name), wait for it to finish, return its last state."""
+    """Create ``job``, wait for it to finish, return its last state.
+
+    A job of the same name may exist already (the same config and folders: a retried pipeline step). One that is
+    running or has succeeded is adopted and waited for; one that failed is deleted (its pods first) and submitted
+    again, so a retry trains again, resuming from the checkpoints the failed job left in its output folder.
+    """
     kind = _kind_of(job)
     api = api if api is not None else default_api()
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
     where = (kind.group, kind.version, namespace, kind.plural)
     ref = f"{kind.kind} {namespace}/{name}"
-    try:
-        api.create_namespaced_custom_object(*where, job)
+    if _create(api, where, job, ref) == "submitted":
         say(f"[train] submitted {ref}")
-    except Exception as exc:
-        if getattr(exc, "status", None) != 409:  # 409 Conflict: it exists already (a retried pipeline step)
-            raise TrainingError(f"could not create {ref}: {getattr(exc, 'reason', None) or exc}") from exc
-        say(f"[train] {ref} exists already; waiting for it")
+    else:
+        state, message = job_state(_get(api, where, name, ref))
+        if state != "failed":
+            say(f"[train] {ref} exists already ({state}); waiting for it")
+        else:
+            say(f"[train] {ref} exists and failed ({message}): deleting it and submitting it again")
+            _delete_and_wait(api, where, name, ref, clock, sleep, poll_s)
+            if _create(api, where, job, ref) != "submitted":
+                raise TrainingError(f"could not submit {ref} again: a job of that name was created meanwhile")
+            say(f"[train] submitted {ref} again; training resumes from its last checkpoint")
     deadline = clock() + timeout_s
     last = None
     while True:
-        try:
-            current = api.get_namespaced_custom_object(*where, name)
-        except Exception as exc:
-            raise TrainingError(f"could not read the status of {ref}: {getattr(exc, 'reason', None) or exc}") from exc
+        current = _get(api, where, name, ref)
         state, message = job_state(current)
         if (state, message) != last:
             say(f"[train] {ref}: {state}{f' ({message})' if message else ''}")
@@ -348,6 +355,59 @@ def submit_and_wait(
                 f"{ref} did not finish within train.job_timeout_s={timeout_s:g} s"
                 + (" and was deleted" if delete_on_timeout else "")
                 + f"; last state: {state}{f' ({message})' if message else ''}"
+            )
+        sleep(poll_s)
+
+
+# How long a failed job's deletion (its pods first) may take before a retry gives up.
+DELETE_TIMEOUT_S = 600.0
+
+
+def _create(api: Any, where: tuple[str, str, str, str], job: dict[str, Any], ref: str) -> str:
+    """``"submitted"``, or ``"exists"`` when a job of that name exists (409 Conflict); TrainingError otherwise."""
+    try:
+        api.create_namespaced_custom_object(*where, job)
+    except Exception as exc:
+        if getattr(exc, "status", None) == 409:
+            return "exists"
+        raise TrainingError(f"could not create {ref}: {getattr(exc, 'reason', None) or exc}") from exc
+    return "submitted"
+
+
+def _get(api: Any, where: tuple[str, str, str, str], name: str, ref: str) -> dict[str, Any]:
+    try:
+        return api.get_namespaced_custom_object(*where, name)
+    except Exception as exc:
+        raise TrainingError(f"could not read the status of {ref}: {getattr(exc, 'reason', None) or exc}") from exc
+
+
+def _delete_and_wait(
+    api: Any,
+    where: tuple[str, str, str, str],
+    name: str,
+    ref: str,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+    poll_s: float,
+) -> None:
+    """Delete a job with its pods (foreground) and wait until it is gone: no old pod writes to the new job's folder."""
+    try:
+        api.delete_namespaced_custom_object(*where, name, propagation_policy="Foreground")
+    except Exception as exc:
+        if getattr(exc, "status", None) != 404:
+            raise TrainingError(f"could not delete the failed {ref}: {getattr(exc, 'reason', None) or exc}") from exc
+    deadline = clock() + DELETE_TIMEOUT_S
+    while True:
+        try:
+            api.get_namespaced_custom_object(*where, name)
+        except Exception as exc:
+            if getattr(exc, "status", None) == 404:
+                return
+            raise TrainingError(f"could not read the status of {ref}: {getattr(exc, 'reason', None) or exc}") from exc
+        if clock() >= deadline:
+            raise TrainingError(
+                f"the failed {ref} was not gone {DELETE_TIMEOUT_S:g} s after its deletion; delete it by hand "
+                f"(kubectl delete {where[3]} -n {where[2]} {name}) and retry"
             )
         sleep(poll_s)
 
@@ -490,7 +550,7 @@ def train_through_volume(
     config must agree, else the job would look for the data on another volume. ``train`` (default
     :func:`components.train.core.train`) submits the job and waits for it. The run's folder is removed once the
     model is copied out; after a failure it stays, with the job's checkpoints, for inspection and for a retry of the
-    task (delete the failed job first: a job of the same name is adopted, not created anew).
+    task (which replaces the failed job and resumes from those checkpoints, see :func:`submit_and_wait`).
     """
     from components.train.core import train as train_default
     from components.train.trainer import SUMMARY_FILE

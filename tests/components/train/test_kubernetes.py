@@ -292,6 +292,75 @@ def test_an_existing_job_is_adopted_and_other_create_errors_are_reported():
         _wait(job, api)
 
 
+class ClusterWithAnEarlierJob:
+    """A job of the same name exists with ``conditions``; deleting it takes ``gone_after`` polls."""
+
+    def __init__(self, job, conditions, gone_after=2):
+        self.objects = {job["metadata"]["name"]: {**job, "status": {"conditions": conditions}}}
+        self.gone_after, self.created, self.deleted, self.calls = gone_after, [], [], []
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        self.calls.append("create")
+        if body["metadata"]["name"] in self.objects:
+            raise ApiError(409, "AlreadyExists")
+        self.created.append(body)
+        self.objects[body["metadata"]["name"]] = {**body, "status": {"conditions": [_cond("Complete")]}}
+        return body
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        self.calls.append("get")
+        if name in self.deleted:
+            self.gone_after -= 1
+            if self.gone_after <= 0:
+                self.deleted.remove(name)
+                del self.objects[name]
+        if name not in self.objects:
+            raise ApiError(404, "NotFound")
+        return self.objects[name]
+
+    def delete_namespaced_custom_object(self, group, version, namespace, plural, name, propagation_policy=None):
+        self.calls.append(f"delete:{propagation_policy}")
+        self.deleted.append(name)
+
+
+def test_a_retry_replaces_an_earlier_failed_job_of_the_same_name():
+    job = k8s.build_job(*PATHS, _cfg("trainjob"), TRACKING)
+    api = ClusterWithAnEarlierJob(job, [_cond("Failed", reason="BackoffLimitExceeded", message="OOMKilled")])
+    result, lines, _ = _wait(job, api)
+    # deleted with its pods, waited for until gone, then created anew and waited for
+    assert api.calls[:3] == ["create", "get", "delete:Foreground"]
+    assert api.calls.count("create") == 2 and len(api.created) == 1
+    assert api.calls.index("create", 1) > api.calls.index("delete:Foreground") + 1
+    assert result["status"]["conditions"][0]["type"] == "Complete"
+    assert "failed (BackoffLimitExceeded: OOMKilled)" in lines[0] and "again" in lines[1]
+
+
+def test_a_running_earlier_job_is_adopted_not_replaced():
+    job = k8s.build_job(*PATHS, _cfg("trainjob"), TRACKING)
+    api = ClusterWithAnEarlierJob(job, [_cond("Running")])
+    real_get, gets = api.get_namespaced_custom_object, []
+
+    def get_then_finish(*args):
+        gets.append(args)
+        found = real_get(*args)
+        if len(gets) == 2:  # the first poll after adoption: it finishes
+            found["status"] = {"conditions": [_cond("Complete")]}
+        return found
+
+    api.get_namespaced_custom_object = get_then_finish
+    result, lines, _ = _wait(job, api)
+    assert not api.deleted and not api.created and len(gets) == 2
+    assert "exists already (running)" in lines[0] and result["status"]["conditions"][0]["type"] == "Complete"
+
+
+def test_a_failed_job_that_will_not_go_away_is_a_clear_error():
+    job = k8s.build_job(*PATHS, _cfg("trainjob"), TRACKING)
+    api = ClusterWithAnEarlierJob(job, [_cond("Failed")], gone_after=10**9)
+    with pytest.raises(TrainingError, match=r"not gone 600 s after its deletion; delete it by hand \(kubectl delete"):
+        _wait(job, api)
+    assert not api.created
+
+
 def test_train_dispatches_to_the_kubernetes_launcher(monkeypatch, tmp_path):
     api = FakeCustomObjectsApi([[_cond("Failed", reason="Error", message="worker exited 2")]])
     monkeypatch.setattr(k8s, "default_api", lambda: api)
