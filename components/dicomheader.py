@@ -14,8 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from components.dicomscan import Scanned
 
 _MISSING = object()
 # Value representations converted here from the raw bytes (little endian); the rest goes through pydicom.
@@ -25,14 +27,27 @@ _BYTES = frozenset({"OB", "OW"})  # kept as the raw bytes by pydicom too (byte o
 
 
 class Header:
-    """``header[keyword]``, ``header.get(keyword, default)`` and ``keyword in header`` over a pydicom data set."""
+    """``header[keyword]``, ``header.get(keyword, default)`` and ``keyword in header``.
 
-    def __init__(self, ds: Dataset, raw_values: bool = False) -> None:
-        self.ds = ds
+    Over a pydicom data set, or over the raw elements :func:`components.dicomscan.scan_elements` kept: then
+    pydicom's data set is built only if an element needs pydicom to convert it, or a caller asks for :attr:`ds`.
+    """
+
+    def __init__(self, source: Dataset | Scanned) -> None:
         self._values: dict[str, Any] = {}
-        self._raw_values = raw_values  # the data set holds dicomscan's raw little-endian elements
-        meta = getattr(ds, "file_meta", None)
-        self.transfer_syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+        if isinstance(source, Scanned):
+            self._scanned: Scanned | None = source
+            self._ds: Dataset | None = None
+            self.transfer_syntax: UID | None = source.syntax
+        else:
+            self._scanned, self._ds = None, source
+            meta = getattr(source, "file_meta", None)
+            self.transfer_syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+
+    @property
+    def ds(self) -> Dataset:
+        """The pydicom data set (for a scanned file: built now, from the kept elements)."""
+        return self._scanned.dataset if self._scanned is not None else self._ds  # type: ignore[return-value]
 
     def get(self, keyword: str, default: Any = None) -> Any:
         """The element's value (converted on first use), or ``default`` when it is absent or empty."""
@@ -54,14 +69,15 @@ class Header:
         tag = tag_for_keyword(keyword)
         if tag is None:
             return None
-        elem = self.ds.get_item(tag)  # the raw element as read, not converted
-        if elem is None:
-            return None
-        if self._raw_values and isinstance(elem, RawDataElement):
-            vr = elem.VR or dictionary_VR(tag)
-            converted = _from_bytes(vr, elem.value)
+        if self._scanned is not None:
+            elem = self._scanned.elements.get(tag)
+            if elem is None:
+                return None
+            converted = _from_bytes(elem.VR or dictionary_VR(tag), elem.value)
             if converted is not _MISSING:
                 return converted
+        elif self.ds.get_item(tag) is None:  # absent: no conversion needed to say so
+            return None
         value = self.ds.get(keyword)
         return None if value is None or value == "" else value
 

@@ -292,11 +292,11 @@ def read_frames(path: str | os.PathLike[str], cfg: Config, source_hash: Any = No
 def _read_frames(path: Path, cfg: Config, raw: bytes) -> list[DicomImage]:
     """:func:`read_frames` from the file's bytes."""
     # One parse: the file size is bounded above, and nothing is decoded before the header checks pass.
-    scanned = dicomscan.scan(raw, _KEPT_TAGS)
-    ds = scanned or _parse(path, stop_before_pixels=False, raw=raw)
-    h = Header(ds, raw_values=scanned is not None)  # each element converted once, however often it is read
+    scanned = dicomscan.scan_elements(raw, _KEPT_TAGS)  # None: not the simple case, pydicom parses it
+    # Each element converted once, however often it is read; a scanned file has no pydicom data set until needed.
+    h = Header(scanned if scanned is not None else _parse(path, stop_before_pixels=False, raw=raw))
     image = _image_header(h, path, cfg)
-    if not any(k in ds for k in _PIXEL_KEYWORDS):
+    if scanned is None and not any(k in h.ds for k in _PIXEL_KEYWORDS):  # a scanned file has pixel data
         raise ImageRejected(
             "no_pixel_data", path, "the header declares an image but the file has no pixel data (truncated?)"
         )
@@ -304,9 +304,10 @@ def _read_frames(path: Path, cfg: Config, raw: bytes) -> list[DicomImage]:
     colour = photometric not in _GREY
     _check_native_length(h, path, image)
     stored = _native_pixels(h, image)
-    if stored is None and scanned is not None:  # never expected (the scan takes only what _native_pixels reads)
-        ds = _parse(path, stop_before_pixels=False, raw=raw)  # pydicom's decoders want its own pixel bytes
     if stored is None:
+        # pydicom's decoders want pydicom's own parse of a scanned file (never expected: the scan takes only what
+        # _native_pixels reads).
+        ds = h.ds if scanned is None else _parse(path, stop_before_pixels=False, raw=raw)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -332,7 +333,7 @@ def _read_frames(path: Path, cfg: Config, raw: bytes) -> list[DicomImage]:
         if fused is not None and window is not None:
             unit = windowing.window_stored(stored[i], *fused)
         else:
-            unit, window = _window_general(stored[i], ds, photometric, window, linear, path, i)
+            unit, window = _window_general(stored[i], h.ds, photometric, window, linear, path, i)
         if photometric == "MONOCHROME1":
             np.subtract(1.0, unit, out=unit)
         image = resize_square(

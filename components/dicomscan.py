@@ -71,20 +71,53 @@ def tags(keywords: Iterable[str]) -> frozenset[int]:
     return frozenset(int(tag) for tag in found.values() if tag is not None)
 
 
+class Scanned:
+    """What :func:`scan_elements` kept of a file: its raw elements by tag, and a pydicom data set of them on demand.
+
+    ``elements`` maps each kept top-level tag to pydicom's ``RawDataElement`` (the PixelData value is a
+    ``memoryview`` of the file's bytes, no copy; every other value is ``bytes`` as pydicom reads them). Building the
+    pydicom :class:`~pydicom.dataset.Dataset` costs about a tenth of a slice's whole decoding, so :attr:`dataset`
+    builds it only when asked (ingest's common path never does).
+    """
+
+    def __init__(self, elements: dict[BaseTag, RawDataElement], syntax: str) -> None:
+        self.elements = elements
+        self.syntax = _UIDS[syntax]
+        self.implicit = syntax == IMPLICIT_LE
+        self._dataset: Dataset | None = None
+
+    @property
+    def dataset(self) -> Dataset:
+        """The kept elements as a pydicom data set with the file's transfer syntax and character set (cached)."""
+        if self._dataset is None:
+            ds = Dataset(dict(self.elements))
+            # The syntax is one of two known UIDs: validating it (pydicom's default) costs a third of a scan.
+            meta = DataElement(_TRANSFER_SYNTAX, "UI", self.syntax, validation_mode=config.IGNORE)
+            ds.file_meta = FileMetaDataset({_TRANSFER_SYNTAX: meta})
+            charset = ds.get("SpecificCharacterSet")  # as pydicom's reader: text is decoded in the file's charset
+            ds.set_original_encoding(self.implicit, True, _encodings(charset))
+            self._dataset = ds
+        return self._dataset
+
+
 def scan(raw: bytes, keep: frozenset[int]) -> Dataset | None:
     """A data set of the top-level elements ``keep`` (tags) and the pixel data of ``raw`` (a whole file's bytes).
 
-    The PixelData value is a ``memoryview`` of ``raw`` (no copy); every other value is ``bytes`` as pydicom reads.
-
-    None when the file is not the simple case: then parse it with pydicom.
+    None when the file is not the simple case: then parse it with pydicom. See :class:`Scanned` for the values.
     """
+    scanned = scan_elements(raw, keep)
+    return None if scanned is None else scanned.dataset
+
+
+def scan_elements(raw: bytes, keep: frozenset[int]) -> Scanned | None:
+    """:func:`scan` without building the pydicom data set (see :class:`Scanned`)."""
     try:
         return _scan(raw, keep)
     except (_Decline, struct.error, UnicodeDecodeError, ValueError):
         return None
 
 
-def _scan(raw: bytes, keep: frozenset[int]) -> Dataset | None:
+def _scan(raw: bytes, keep: frozenset[int]) -> Scanned | None:
     if len(raw) < 144 or raw[128:132] != b"DICM":
         return None
     syntax, pos = _file_meta(raw, 132)
@@ -114,13 +147,7 @@ def _scan(raw: bytes, keep: frozenset[int]) -> Dataset | None:
         pos = stop
     if BaseTag(_PIXEL_DATA) not in kept or not _simple_image(kept):
         return None
-    ds = Dataset(kept)
-    # The syntax is one of two known UIDs: validating it (pydicom's default) would cost a third of this scan.
-    meta = DataElement(_TRANSFER_SYNTAX, "UI", _UIDS[syntax], validation_mode=config.IGNORE)
-    ds.file_meta = FileMetaDataset({_TRANSFER_SYNTAX: meta})
-    charset = ds.get("SpecificCharacterSet")  # as pydicom's reader: text is decoded in the file's character set
-    ds.set_original_encoding(implicit, True, _encodings(charset))
-    return ds
+    return Scanned(kept, syntax)
 
 
 def _file_meta(raw: bytes, pos: int) -> tuple[str, int]:
