@@ -16,6 +16,8 @@ from typing import Any
 
 from components.errors import ConfigError
 
+SELECT_SNAPSHOT = ("best_fid", "last")  # eval.select_snapshot: lowest val FID among the snapshots, or the final model
+
 
 @dataclass
 class DataConfig:
@@ -147,6 +149,18 @@ class EvalConfig:
     seg_batch_size: int = 16
     synth_per_class: int = 48  # synthetic pairs added per lesion class for the real+synthetic Dice run
     nn_copy_threshold: float = 0.97  # cosine similarity above which a synthetic sample is flagged as a near copy
+    # Which generator the headline metrics score and register registers: "best_fid" picks, among the train.fid_snapshots
+    # snapshots before the final step and the final model, the lowest FID of the FID curve's samples against the val
+    # split's real images (the headline FID uses the train split's; ties and undefined values prefer the later step);
+    # "last" keeps the final model and skips the selection.
+    select_snapshot: str = "best_fid"
+
+    def __post_init__(self) -> None:
+        """Reject an unknown ``select_snapshot`` when the config is built, not after a whole training run."""
+        if self.select_snapshot not in SELECT_SNAPSHOT:
+            raise ConfigError(
+                f"eval.select_snapshot must be one of {', '.join(SELECT_SNAPSHOT)}, got {self.select_snapshot!r}"
+            )
 
 
 @dataclass

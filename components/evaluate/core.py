@@ -2,7 +2,9 @@
 
 1. fidelity: FID and KID (every metric in :data:`components.metrics.METRICS`) of EMA-generator samples against the
    real training split, overall and per class, with bootstrap confidence intervals; the synthetic class mix
-   follows the real training split; FID over training from the trainer's snapshots (:mod:`.curve`);
+   follows the real training split; FID over training from the trainer's snapshots (:mod:`.curve`); with
+   ``eval.select_snapshot=best_fid`` every metric scores the snapshot (or final model) of lowest FID on the val
+   split (:mod:`.selection`), written as ``generator.pt`` for the register stage;
 2. utility: Dice on real test patients of a segmentation net trained on real data vs real + synthetic pairs;
 3. consistency: do generated masks sit on lesions, and do they agree with the class?
 4. privacy: nearest-real-neighbour memorization audit;
@@ -20,6 +22,8 @@ import json
 import math
 import os
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -32,8 +36,9 @@ import torch
 from components.archive import open_archive
 from components.config import Config
 from components.errors import ConfigError, DataError
-from components.evaluate.curve import fid_curve
+from components.evaluate.curve import Candidates, candidate_features, fid_curve
 from components.evaluate.report import atomic_write_text, json_safe, pair_grid, png_base64, write_report
+from components.evaluate.selection import select_generator
 from components.metrics import METRICS, compute_metric
 from components.metrics.consistency import consistency_report, pair_statistics
 from components.metrics.dice import SEG_FEATURES, paired_dice_ci, train_and_score
@@ -238,6 +243,48 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _copy_atomic(src: Path, dst: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def choose_generator(
+    candidates: Candidates,
+    section: dict[str, Any],
+    images: Any,
+    split_idx: dict[str, np.ndarray],
+    extractor: Any,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Path | None:
+    """The generator file of lowest selection FID (None: no candidate, keep the final model); fills ``section``.
+
+    ``candidates`` are the FID curve's (:func:`candidate_features`); ``images`` are the archive's and ``split_idx``
+    maps ``val`` and ``train`` to their rows. The selection FID is against the val split's real images (the train
+    split's, with a note, when val has fewer than 2, too few for an FID).
+    """
+    if len(candidates.steps) < 2:
+        section["notes"].append("no snapshot before the final step: the final model is kept")
+        return candidates.paths[-1] if candidates.paths else None
+    real_split = "val"
+    if len(split_idx["val"]) < 2:
+        real_split = "train"
+        section["notes"].append(
+            f"the val split has {len(split_idx['val'])} sample(s), too few for an FID: the selection FID used the "
+            "train split's real images (the headline FID's real set)"
+        )
+    real = np.asarray(images[split_idx[real_split]], dtype=np.float32)
+    real_feats = extract_features(extractor, real, cache_dir=cache_dir)
+    path, chosen = select_generator(candidates, real_feats)
+    section.update(chosen, real_split=real_split, n_real=len(real_feats))
+    return path
+
+
 def evaluate(
     archive_dir: str | os.PathLike[str],
     split_dir: str | os.PathLike[str],
@@ -255,7 +302,8 @@ def evaluate(
     stage's summary) is shown in the report, next to the split check rebalance left in ``split_dir``. Returns the
     flat metrics (``None`` where a value is undefined).
     """
-    from components.gan.sampling import generate, load_generator  # heavy, and not needed to import this module
+    # heavy, and not needed to import this module
+    from components.gan.sampling import GENERATOR_FILE, generate, load_generator
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -283,16 +331,38 @@ def evaluate(
     real_images = np.asarray(archive.images[train_idx], dtype=np.float32)
     real_masks = np.asarray(archive.masks[train_idx])
     real_labels = label_idx[train_idx]
+    counts = np.bincount(real_labels, minlength=len(classes)).tolist()
+    fake_labels = synthetic_label_plan(counts, ev.fid_samples)
+    extractor = get_extractor(ev.feature_extractor, device)
     timings["load"] = time.perf_counter() - clock
+
+    # 0. which generator: the snapshot of lowest val FID, or the final model --------------------------------------
+    clock = time.perf_counter()
+    final_step = int(gmeta.get("step", 0))
+    curve_inputs = (model_dir, final_step, fake_labels, seeds["fid"], ev.fid_curve_samples, extractor, device)
+    selection: dict[str, Any] = {
+        "mode": ev.select_snapshot,
+        "steps": [],
+        "fid": [],
+        "selected_step": final_step,
+        "final_step": final_step,
+        "notes": [],
+    }
+    candidates, chosen_path, model_meta = None, None, gmeta
+    if ev.select_snapshot == "best_fid":
+        candidates = candidate_features(*curve_inputs)  # the FID curve's samples: scored against val here
+        val_idx = np.sort(split.loc[split["split"] == "val", "index"].to_numpy())
+        split_idx = {"val": val_idx, "train": train_idx}
+        chosen_path = choose_generator(candidates, selection, archive.images, split_idx, extractor, cache_dir)
+        if selection["selected_step"] != final_step:
+            generator, model_meta = load_generator(chosen_path, device=device)
+    timings["selection"] = time.perf_counter() - clock
 
     # 1. fidelity ------------------------------------------------------------------------------------------------
     clock = time.perf_counter()
-    counts = np.bincount(real_labels, minlength=len(classes)).tolist()
-    fake_labels = synthetic_label_plan(counts, ev.fid_samples)
     fake_images, fake_masks = generate(generator, fake_labels, seed=seeds["fid"])
     timings["generate"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    extractor = get_extractor(ev.feature_extractor, device)
     real_feats = extract_features(extractor, real_images, cache_dir=cache_dir)
     timings["features_real"] = time.perf_counter() - clock
     clock = time.perf_counter()
@@ -305,17 +375,11 @@ def evaluate(
     )
     timings["distribution_metrics"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    curve = fid_curve(
-        model_dir,
-        int(gmeta.get("step", 0)),
-        real_feats,
-        fake_labels,
-        fake_feats,
-        seeds["fid"],
-        ev.fid_curve_samples,
-        extractor,
-        device,
-    )
+    metrics["selected_step"] = float(selection["selected_step"])
+    metrics["final_step"] = float(final_step)
+    if candidates is None:  # no selection: the final model's curve samples are the headline's
+        candidates = candidate_features(*curve_inputs, final_feats=fake_feats)
+    curve = fid_curve(candidates, real_feats)
     timings["fid_curve"] = time.perf_counter() - clock
 
     # 2. utility: Dice real vs real + synthetic, same optimiser budget ------------------------------------------
@@ -394,7 +458,7 @@ def evaluate(
             "name": model_dir.name,
             "path": str(model_dir),
             "options": _read_json(model_dir / "training_options.json"),
-            "generator": {k: v for k, v in gmeta.items() if isinstance(v, (str, int, float, bool, list, dict))},
+            "generator": {k: v for k, v in model_meta.items() if isinstance(v, (str, int, float, bool, list, dict))},
         },
         "config": {**asdict(ev), "seed": cfg.seed, "device": device, "segmenter": f"BasicUNet{SEG_FEATURES}"},
         "metrics": metrics,
@@ -406,12 +470,17 @@ def evaluate(
         "consistency": consistency,
         "losses": _losses(model_dir),
         "fid_curve": {**curve, "n_samples_headline": len(fake_labels)},
+        "selection": selection,
         "class_distribution": distribution,
         "validation": validation,
         "split_validation": load_split_check(split_dir),
         "timings": {**timings, "feature_img_per_s": len(fake_feats) / max(timings["features_synthetic"], 1e-9)},
     }
     out.mkdir(parents=True, exist_ok=True)
+    if chosen_path is not None:  # the weights the metrics describe, for the register stage
+        _copy_atomic(chosen_path, out / GENERATOR_FILE)
+    else:  # no selection: register takes the final model; a file left by an earlier evaluation must not win
+        (out / GENERATOR_FILE).unlink(missing_ok=True)
     html_path = write_report(report, out)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
     if tracking:
@@ -422,6 +491,9 @@ def evaluate(
         for step, value in zip(curve["steps"], curve["fid"], strict=True):
             if value is not None:
                 tracker.log_metrics({"eval/fid_curve": value}, step=step)
+        for step, value in zip(selection["steps"], selection["fid"], strict=True):
+            if value is not None:
+                tracker.log_metrics({"eval/selection_fid": value}, step=step)
         tracker.log_artifact(out / "metrics.json", "eval")
         tracker.log_artifact(out / "report.json", "eval")
         tracker.log_artifact(html_path, "report")

@@ -2,14 +2,19 @@
 
 Every point uses the same synthetic labels and latents (an evenly spaced subset of the headline FID's, so the class
 mix is kept) and the same real features, so the points differ only by the weights behind them. The final model is
-always the last point and costs nothing: its features are the headline FID's, already computed (a snapshot at the
-final step holds the very weights of ``generator.pt``). Only the point values are computed, no bootstrap intervals:
-the curve shows a trend, the headline FID carries the intervals.
+always the last point (a snapshot at the final step holds the very weights of ``generator.pt``); its samples are
+the headline FID's when the headline scored the final model, else they are drawn like a snapshot's. Only the point
+values are computed, no bootstrap intervals: the curve shows a trend, the headline FID carries the intervals.
+
+The same samples' features serve the best-snapshot selection (:mod:`components.evaluate.selection`), scored there
+against another real set: :func:`candidate_features` computes them once for both.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,41 +36,80 @@ def curve_subset(total: int, wanted: int) -> np.ndarray:
     return np.unique(np.linspace(0, total - 1, wanted).round().astype(np.int64))
 
 
-def fid_curve(
+def curve_models(model_dir: str | os.PathLike[str], final_step: int) -> tuple[list[tuple[int, Path]], list[int]]:
+    """The snapshots the curve scores (``(step, path)`` before ``final_step``, by step) and the ignored later steps.
+
+    Snapshots after the final step are left by a crashed run whose resume stopped earlier: not part of this model's
+    history. The snapshot at the final step is the final model itself.
+    """
+    from components.gan.sampling import list_snapshots
+
+    snapshots = list_snapshots(model_dir)
+    return [(s, p) for s, p in snapshots if s < final_step], [s for s, _ in snapshots if s > final_step]
+
+
+@dataclass
+class Candidates:
+    """The snapshots before the final step and the final model, by step, with the features of their curve samples."""
+
+    steps: list[int] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)
+    feats: list[np.ndarray] = field(default_factory=list)
+    n_samples: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def fids(self, real_feats: np.ndarray) -> list[float]:
+        """Each candidate's FID against ``real_feats`` (NaN where undefined)."""
+        return [fid_from_features(real_feats, f) for f in self.feats]
+
+
+def candidate_features(
     model_dir: str | os.PathLike[str],
     final_step: int,
-    real_feats: np.ndarray,
     fake_labels: np.ndarray,
-    fake_feats: np.ndarray,
     seed: int,
     wanted: int,
     extractor: FeatureExtractor,
     device: str = "cpu",
-) -> dict[str, Any]:
-    """FID of each snapshot in ``model_dir`` and of the final model, by training step.
+    final_feats: np.ndarray | None = None,
+) -> Candidates:
+    """Features of the curve's samples of every snapshot before ``final_step`` and of the final model, by step.
 
-    ``fake_labels``/``fake_feats``/``seed`` are those of the headline FID (``fake_feats`` from the model of
-    ``final_step``); ``wanted`` is ``eval.fid_curve_samples``. Returns ``steps``, ``fid`` (one per step, ``None``
-    where undefined), ``n_samples`` and ``notes``; empty lists when the trainer kept no snapshot.
+    The samples are ``wanted`` (``eval.fid_curve_samples``) of the headline's ``fake_labels`` and latents ``seed``;
+    ``final_feats`` are the headline's features of the final model (all of ``fake_labels``), reused when given. No
+    candidate at all when the trainer kept no snapshot.
     """
-    from components.gan.sampling import generate, list_snapshots, load_generator
+    from components.gan.sampling import GENERATOR_FILE, generate, list_snapshots, load_generator
 
-    snapshots = list_snapshots(model_dir)
     pick = curve_subset(len(fake_labels), wanted)
-    out: dict[str, Any] = {"steps": [], "fid": [], "n_samples": int(len(pick)), "notes": []}
-    if not snapshots:
+    out = Candidates(n_samples=int(len(pick)))
+    if not list_snapshots(model_dir):
         return out
-    later = [step for step, _ in snapshots if step > final_step]
-    if later:  # left by a crashed run whose resume stopped earlier: not part of this model's history
-        out["notes"].append(f"ignored snapshots of steps {later}, after the final model's step {final_step}")
-    for step, path in snapshots:
-        if step >= final_step:
+    earlier, later = curve_models(model_dir, final_step)
+    if later:
+        out.notes.append(f"ignored snapshots of steps {later}, after the final model's step {final_step}")
+    for step, path in [*earlier, (int(final_step), Path(model_dir) / GENERATOR_FILE)]:
+        out.steps.append(step)
+        out.paths.append(path)
+        if step == final_step and final_feats is not None:
+            out.feats.append(final_feats[pick])
             continue
         generator, _ = load_generator(path, device=device)
         images, _ = generate(generator, fake_labels, seed=seed)  # all latents drawn, so the subset's are the same
-        out["steps"].append(step)
-        out["fid"].append(fid_from_features(real_feats, extract_features(extractor, images[pick])))
-    out["steps"].append(int(final_step))
-    out["fid"].append(fid_from_features(real_feats, fake_feats[pick]))
-    out["fid"] = [v if np.isfinite(v) else None for v in out["fid"]]
+        out.feats.append(extract_features(extractor, images[pick]))
     return out
+
+
+def fid_curve(candidates: Candidates, real_feats: np.ndarray) -> dict[str, Any]:
+    """FID of each candidate against ``real_feats`` (the headline's), by training step.
+
+    Returns ``steps``, ``fid`` (one per step, ``None`` where undefined), ``n_samples`` and ``notes``; empty lists
+    when the trainer kept no snapshot.
+    """
+    fids = candidates.fids(real_feats)
+    return {
+        "steps": list(candidates.steps),
+        "fid": [v if np.isfinite(v) else None for v in fids],
+        "n_samples": candidates.n_samples,
+        "notes": list(candidates.notes),
+    }

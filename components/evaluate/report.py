@@ -461,6 +461,33 @@ def _fid_curve(r: dict[str, Any]) -> str:
     )
 
 
+def _selection(r: dict[str, Any]) -> str:
+    """One sentence: which generator the metrics describe (and register registers), and why."""
+    sel = r.get("selection")
+    if not sel:
+        return ""
+    final, chosen = sel.get("final_step"), sel.get("selected_step")
+    by_step = dict(zip(sel.get("steps") or [], sel.get("fid") or [], strict=False))
+    where = f"selection FID on the {_e(sel.get('real_split', 'val'))} split, {_fmt(sel.get('n_samples'))} samples each"
+    if sel.get("mode") == "last":
+        text = f"The final model (step {_fmt(final)}) is evaluated and registered (eval.select_snapshot=last)."
+    elif chosen != final:
+        text = (
+            f"The EMA snapshot of step {_fmt(chosen)} is evaluated and registered instead of the final model (step "
+            f"{_fmt(final)}): its {where}, is {_fmt(by_step.get(chosen))} against the final model's "
+            f"{_fmt(by_step.get(final))}."
+        )
+    elif by_step:
+        text = (
+            f"The final model (step {_fmt(final)}) was kept: no earlier snapshot had a lower {where} (final model: "
+            f"{_fmt(by_step.get(final))})."
+        )
+    else:
+        text = f"The final model (step {_fmt(final)}) was kept: {'; '.join(map(_e, sel.get('notes') or []))}."
+    notes = [n for n in sel.get("notes") or [] if by_step]
+    return f"<p>{text}</p>" + "".join(f'<p class="muted">{_e(n)}</p>' for n in notes)
+
+
 def _validation(r: dict[str, Any]) -> str:
     v = r.get("validation")
     if v:
@@ -611,6 +638,7 @@ def render_report(report: dict[str, Any]) -> str:
             _dice(report),
             _samples(report),
             _fid_curve(report),
+            _selection(report),
             _neighbours(report),
             _consistency(report),
             _curves(report),

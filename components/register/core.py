@@ -1,10 +1,12 @@
 """Model registration in MLflow and the champion/challenger promotion gate.
 
-``register`` logs the EMA generator as an MLflow pyfunc model in the pipeline run, registers a new version tagged
-with its data lineage (DVC rev + md5 of the dataset, dataset content hash, git commit, pipeline run key) and its
-metrics, points the ``challenger`` alias at it and decides, against the current ``champion``, whether to promote.
-``promote`` / ``reject`` then carry out the decision (the DAG branches on it with ``dsl.If``): each writes an
-audit record (when, why, both metric sets) to the version's tags and to the run, and finalises the review report.
+``register`` logs the EMA generator the evaluate stage scored (its ``generator.pt``, chosen by
+``eval.select_snapshot``; the training's final model when evaluate left none) as an MLflow pyfunc model in the
+pipeline run, registers a new version tagged with its data lineage (DVC rev + md5 of the dataset, dataset content
+hash, git commit, pipeline run key), its training step and its metrics, points the ``challenger`` alias at it and
+decides, against the current ``champion``, whether to promote. ``promote`` / ``reject`` then carry out the decision
+(the DAG branches on it with ``dsl.If``): each writes an audit record (when, why, both metric sets) to the version's
+tags and to the run, and finalises the review report.
 """
 
 from __future__ import annotations
@@ -100,7 +102,11 @@ def register(
     tracking: dict[str, str],
     dataset_version: dict[str, Any],
 ) -> dict[str, Any]:
-    """Log + register the generator, set ``challenger``, and return the gate decision (nothing promoted yet)."""
+    """Log + register the generator, set ``challenger``, and return the gate decision (nothing promoted yet).
+
+    The weights are ``eval_dir/generator.pt`` (those the metrics describe) when evaluate wrote it, else
+    ``model_dir/generator.pt``.
+    """
     import mlflow
 
     from components.register.pyfunc import GeneratorModel, signature
@@ -111,12 +117,15 @@ def register(
     name = cfg.registry.model_name
     mlflow.set_tracking_uri(tracking["tracking_uri"])
     model_dir = Path(model_dir)
+    weights = Path(eval_dir) / "generator.pt"
+    if not weights.is_file():
+        weights = model_dir / "generator.pt"
     with mlflow.start_run(run_id=tracker.run_id):
         info = mlflow.pyfunc.log_model(
             name="generator",
             python_model=GeneratorModel(),
             artifacts={
-                "generator": str(model_dir / "generator.pt"),
+                "generator": str(weights),
                 "training_options": str(model_dir / "training_options.json"),
             },
             code_paths=[str(Path(__file__).resolve().parents[1])],
@@ -136,6 +145,7 @@ def register(
         "git_commit": git_commit(),
         "pipeline.run_key": tracking["run_key"],
         "config.preset": cfg.preset,
+        "model.selected_step": _selected_step(metrics),
         # full precision: the gate of later runs compares against these values
         **{f"{METRIC_TAG}{k}": repr(float(v)) for k, v in metrics.items() if isinstance(v, (int, float))},
     }
@@ -223,6 +233,12 @@ def _wait_ready(client: Any, name: str, version: str, timeout: float = 60.0) -> 
         if mv.status == "FAILED_REGISTRATION" or time.monotonic() > deadline:
             raise RegistryError(f"model version {name}/{version} did not become READY (status {mv.status})")
         time.sleep(0.5)
+
+
+def _selected_step(metrics: dict[str, Any]) -> str:
+    """The training step of the registered weights; 'final' for an evaluation made before evaluate recorded it."""
+    step = metrics.get("selected_step")
+    return str(int(step)) if isinstance(step, (int, float)) else "final"
 
 
 def _version(package: str) -> str:

@@ -38,6 +38,7 @@ def test_overrides_are_typed(override, path, expected):
         ("quickstart", ["train.steps=abc"], "must be an integer"),
         ("quickstart", ["train.steps"], "not of the form key=value"),
         ("quickstart", ["train=3"], "must be a mapping"),
+        ("quickstart", ["eval.select_snapshot=best"], "eval.select_snapshot must be one of best_fid, last, got 'best'"),
     ],
 )
 def test_bad_config_is_a_clear_error(preset, overrides, message):

@@ -5,6 +5,7 @@ import pytest
 
 from components.errors import DataError
 from components.evaluate.core import check_split, metric_key, synthetic_label_plan
+from components.evaluate.selection import choose
 
 
 @pytest.fixture
@@ -82,14 +83,19 @@ def test_evaluate_writes_metrics_report_and_tracks(archive_dir, split_dir, train
     assert "Samples per class" in html and "expect_x" in html and "pending" in html
     report = json.loads((out / "report.json").read_text())
     assert report["run_key"] == "k1" and report["class_distribution"]["train"]
-    assert len(list((tmp_path / "cache").glob("pixels-*.npy"))) == 1
+    assert len(list((tmp_path / "cache").glob("pixels-*.npy"))) == 2  # the train split's, and val's for the selection
 
     # One FID per EMA snapshot of the tiny run (6 steps, 5 snapshots); the last point is the final model, whose
-    # samples (all of them: fid_curve_samples exceeds fid_samples) are the headline FID's.
+    # samples (all of them: fid_curve_samples exceeds fid_samples) are the headline FID's when the selection kept it.
     curve = report["fid_curve"]
     assert curve["steps"] == [1, 2, 3, 4, 6] and len(curve["fid"]) == 5
     assert curve["n_samples"] == curve["n_samples_headline"] == metrics["n_synthetic"]
-    assert all(v >= 0 for v in curve["fid"]) and curve["fid"][-1] == pytest.approx(metrics["fid"])
+    assert all(v >= 0 for v in curve["fid"])
+    selection = report["selection"]
+    assert selection["steps"] == curve["steps"] and selection["final_step"] == metrics["final_step"] == 6
+    assert metrics["selected_step"] == selection["selected_step"] == curve["steps"][choose(selection["fid"])]
+    kept_final = metrics["selected_step"] == metrics["final_step"]
+    assert (curve["fid"][-1] == pytest.approx(metrics["fid"])) is kept_final
     assert "FID over training" in html and 'aria-label="FID by training step"' in html
     assert "fid_curve" in report["timings"]
     # The rebalance stage's split check sits beside the validate stage's results.

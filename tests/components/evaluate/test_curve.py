@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from components.errors import ConfigError
-from components.evaluate.curve import curve_subset, fid_curve
+from components.evaluate.curve import candidate_features, curve_subset, fid_curve
 from components.gan.sampling import SNAPSHOT_DIR, generate, list_snapshots, load_generator
 from components.metrics.features import extract_features, get_extractor
 from components.metrics.fid import fid_from_features
@@ -32,27 +32,40 @@ def scored(archive_dir, model_dir):
     labels = np.repeat([0, 1, 2], [6, 5, 5])
     final, meta = load_generator(model_dir)
     fake = extract_features(extractor, generate(final, labels, seed=7)[0])
-    return {"real_feats": real, "fake_labels": labels, "fake_feats": fake, "seed": 7, "extractor": extractor}, meta
+    return {"fake_labels": labels, "seed": 7, "extractor": extractor}, real, fake, meta
+
+
+def curve(model_dir, step, scored, reuse=True):
+    inputs, real, fake, _ = scored
+    return fid_curve(candidate_features(model_dir, step, wanted=8, final_feats=fake if reuse else None, **inputs), real)
 
 
 def test_each_snapshot_is_scored_on_the_same_latents_and_the_last_point_is_the_final_model(model_dir, scored):
-    inputs, meta = scored
-    curve = fid_curve(model_dir, meta["step"], wanted=8, **inputs)
-    assert curve["steps"] == [s for s, _ in list_snapshots(model_dir)] == [1, 2, 3, 4, 6]
-    assert curve["n_samples"] == 8 and curve["notes"] == []
+    inputs, real, _, meta = scored
+    points = curve(model_dir, meta["step"], scored)
+    assert points["steps"] == [s for s, _ in list_snapshots(model_dir)] == [1, 2, 3, 4, 6]
+    assert points["n_samples"] == 8 and points["notes"] == []
     pick = curve_subset(16, 8)
-    for step, value in zip(curve["steps"], curve["fid"], strict=True):  # recomputed from each snapshot file
+    for step, value in zip(points["steps"], points["fid"], strict=True):  # recomputed from each snapshot file
         generator, _ = load_generator(model_dir / SNAPSHOT_DIR / f"generator_{step:08d}.pt")
         images = generate(generator, inputs["fake_labels"], seed=7)[0][pick]
-        expected = fid_from_features(inputs["real_feats"], extract_features(inputs["extractor"], images))
+        expected = fid_from_features(real, extract_features(inputs["extractor"], images))
         assert value == pytest.approx(expected, rel=1e-6, abs=1e-9), step
 
 
 def test_without_snapshots_there_is_no_curve_and_later_ones_are_ignored(model_dir, scored, tmp_path):
-    inputs, meta = scored
+    meta = scored[3]
     bare = tmp_path / "bare"
     shutil.copytree(model_dir, bare, ignore=shutil.ignore_patterns(SNAPSHOT_DIR))
-    assert fid_curve(bare, meta["step"], wanted=8, **inputs)["steps"] == []
+    assert curve(bare, meta["step"], scored)["steps"] == []
 
-    curve = fid_curve(model_dir, 3, wanted=8, **inputs)  # as if the final model were the step-3 one
-    assert curve["steps"] == [1, 2, 3] and "[4, 6]" in curve["notes"][0]
+    points = curve(model_dir, 3, scored)  # as if the final model were the step-3 one
+    assert points["steps"] == [1, 2, 3] and "[4, 6]" in points["notes"][0]
+
+
+def test_without_the_headline_features_the_final_point_is_generated_from_the_final_model(model_dir, scored):
+    meta = scored[3]  # the fixture's fake features are the final model's, on the same labels and seed
+    reused = curve(model_dir, meta["step"], scored)
+    generated = curve(model_dir, meta["step"], scored, reuse=False)
+    assert generated["steps"] == reused["steps"] == [1, 2, 3, 4, 6]
+    assert generated["fid"] == pytest.approx(reused["fid"], rel=1e-6, abs=1e-9)

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -105,3 +106,38 @@ def test_registered_model_samples_labelled_pairs(mlflow_server, model_dir, tmp_p
     assert set(np.unique(out[:, 1])) <= {0.0, 1.0}
     with pytest.raises(Exception, match="unknown class 'cat'"):
         model.predict(pd.DataFrame({"class": ["cat"], "n": [1]}))
+
+
+def test_register_logs_the_snapshot_evaluate_selected(mlflow_server, model_dir, tmp_path):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from components.gan.sampling import snapshot_path
+
+    tracking = {"tracking_uri": mlflow_server, "experiment": "registry-test", "run_key": "run-selected"}
+    cfg = resolve("tiny", ["registry.model_name=selected-test"])
+    ev = _eval_dir(tmp_path, "selected", 1.0)
+    metrics = {**json.loads((ev / "metrics.json").read_text()), "selected_step": 3.0, "final_step": 6.0}
+    (ev / "metrics.json").write_text(json.dumps(metrics))
+    chosen = snapshot_path(model_dir, 3).read_bytes()
+    assert chosen != (model_dir / "generator.pt").read_bytes()
+    (ev / "generator.pt").write_bytes(chosen)
+
+    decision = register(model_dir, ev, cfg, tracking, {})
+    version = MlflowClient(mlflow_server).get_model_version("selected-test", decision["challenger_version"])
+    assert version.tags["model.selected_step"] == "3" and version.tags["metrics.selected_step"] == "3.0"
+    mlflow.set_tracking_uri(mlflow_server)
+    logged = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/selected-test/{version.version}", dst_path=str(tmp_path / "download")
+    )
+    assert (Path(logged) / "artifacts" / "generator.pt").read_bytes() == chosen
+
+    # without a generator.pt from evaluate, the training's final model is registered, as before selection existed
+    plain = _eval_dir(tmp_path, "plain", 1.0)
+    decision = register(model_dir, plain, cfg, {**tracking, "run_key": "run-plain"}, {})
+    logged = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/selected-test/{decision['challenger_version']}", dst_path=str(tmp_path / "download2")
+    )
+    assert (Path(logged) / "artifacts" / "generator.pt").read_bytes() == (model_dir / "generator.pt").read_bytes()
+    version = MlflowClient(mlflow_server).get_model_version("selected-test", decision["challenger_version"])
+    assert version.tags["model.selected_step"] == "final"

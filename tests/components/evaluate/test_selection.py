@@ -1,0 +1,109 @@
+"""Best-snapshot selection: the lowest val FID among the snapshots and the final model is scored and handed on."""
+
+import dataclasses
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from components.evaluate.selection import choose
+from components.gan.sampling import list_snapshots, snapshot_path
+
+NAN = math.nan
+
+
+@pytest.mark.parametrize(
+    ("fids", "expected"),
+    [
+        ([5.0, 1.0, 3.0], 1),
+        ([3.0, 2.0, 1.0], 2),
+        ([1.0, 1.0, 2.0], 1),  # tie: the later step
+        ([2.0, 1.0, 1.0], 2),
+        ([1.0, NAN, 2.0], 2),  # undefined: never falls back to an earlier step
+        ([NAN, 5.0, 4.0], 2),
+        ([2.0, 1.0, NAN], 2),
+        ([7.0], 0),
+    ],
+)
+def test_choose_takes_the_lowest_and_prefers_later_steps_on_ties_and_nan(fids, expected):
+    assert choose(fids) == expected
+
+
+def _spoil(path, seed):
+    """Rewrite a generator file, same format and metadata, with random weights: a deliberately bad model."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    rng = torch.Generator().manual_seed(seed)
+    blob["state_dict"] = {
+        k: torch.randn(v.shape, generator=rng) * 3 if v.is_floating_point() and "running_var" not in k else v
+        for k, v in blob["state_dict"].items()
+    }
+    torch.save(blob, path)
+
+
+@pytest.fixture
+def spoiled_model(model_dir, tmp_path):
+    """The tiny model with every snapshot but step 3's, and the final generator.pt, replaced by random weights."""
+    out = tmp_path / "spoiled"
+    shutil.copytree(model_dir, out)
+    assert [s for s, _ in list_snapshots(out)] == [1, 2, 3, 4, 6]
+    for seed, path in enumerate([out / "generator.pt", *(p for s, p in list_snapshots(out) if s != 3)]):
+        _spoil(path, seed)
+    return out
+
+
+def test_evaluate_scores_and_writes_the_best_snapshot(archive_dir, split_dir, spoiled_model, tiny_cfg, tmp_path):
+    from components.evaluate.core import evaluate
+    from components.tracking import RunTracker
+
+    tracking = {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "t", "run_key": "sel"}
+    out = tmp_path / "eval"
+    metrics = evaluate(archive_dir, split_dir, spoiled_model, out, tiny_cfg, tracking)
+
+    assert metrics["selected_step"] == 3.0 and metrics["final_step"] == 6.0
+    assert (out / "generator.pt").read_bytes() == snapshot_path(spoiled_model, 3).read_bytes()
+    report = json.loads((out / "report.json").read_text())
+    sel = report["selection"]
+    assert sel["mode"] == "best_fid" and sel["real_split"] == "val" and sel["steps"] == [1, 2, 3, 4, 6]
+    assert sel["selected_step"] == 3 and min(sel["fid"]) == sel["fid"][2] and sel["fid"][2] < sel["fid"][-1]
+    assert report["model"]["generator"]["step"] == 3
+    # The curve keeps its meaning: the final point is the (spoiled) final model's, not the chosen snapshot's.
+    curve = report["fid_curve"]
+    assert curve["steps"] == [1, 2, 3, 4, 6] and curve["fid"][-1] > curve["fid"][2]
+    assert curve["fid"][-1] != pytest.approx(metrics["fid"])
+    assert "snapshot of step 3 is evaluated and registered" in (out / "report.html").read_text()
+
+    logged = RunTracker(**tracking)
+    assert logged.client.get_run(logged.run_id).data.metrics["eval/selected_step"] == 3.0
+    history = logged.client.get_metric_history(logged.run_id, "eval/selection_fid")
+    assert [m.step for m in history] == sel["steps"] and [m.value for m in history] == pytest.approx(sel["fid"])
+
+    # The headline metrics are those of the step-3 weights: the same as evaluating them as the final model.
+    alone = tmp_path / "step3"
+    alone.mkdir()
+    shutil.copyfile(snapshot_path(spoiled_model, 3), alone / "generator.pt")
+    last = dataclasses.replace(tiny_cfg, eval=dataclasses.replace(tiny_cfg.eval, select_snapshot="last"))
+    direct = evaluate(archive_dir, split_dir, alone, tmp_path / "eval-step3", last)
+    assert direct["fid"] == pytest.approx(metrics["fid"]) and direct["selected_step"] == 3.0
+    same = ("fid", "kid", "dice_real_synth", "nn_similarity_max", "mask_contrast_gap")
+    assert {k: direct[k] for k in same} == {k: metrics[k] for k in same}
+
+
+def test_select_last_keeps_the_final_model_without_selection(archive_dir, split_dir, spoiled_model, tiny_cfg, tmp_path):
+    from components.evaluate.core import evaluate
+
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "generator.pt").write_bytes(b"left by an earlier evaluation")
+    last = dataclasses.replace(tiny_cfg, eval=dataclasses.replace(tiny_cfg.eval, select_snapshot="last"))
+    metrics = evaluate(archive_dir, split_dir, spoiled_model, out, last)
+
+    assert metrics["selected_step"] == metrics["final_step"] == 6.0
+    assert not (out / "generator.pt").exists()  # register falls back to the model folder's final generator.pt
+    report = json.loads((out / "report.json").read_text())
+    assert report["selection"]["mode"] == "last"
+    assert report["selection"]["steps"] == [] and report["selection"]["fid"] == []
+    assert report["fid_curve"]["fid"][-1] == pytest.approx(metrics["fid"])  # the final point is the headline's
+    assert "selection" not in report["timings"] or report["timings"]["selection"] < 1.0
+    assert "eval.select_snapshot=last" in (out / "report.html").read_text()
