@@ -23,7 +23,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -36,9 +35,9 @@ import torch
 from components.archive import open_archive
 from components.config import Config
 from components.errors import ConfigError, DataError
-from components.evaluate.curve import Candidates, candidate_features, fid_curve
+from components.evaluate.curve import candidate_features, fid_curve
 from components.evaluate.report import atomic_write_text, json_safe, pair_grid, png_base64, write_report
-from components.evaluate.selection import select_generator
+from components.evaluate.selection import choose_generator
 from components.metrics import METRICS, compute_metric
 from components.metrics.consistency import consistency_report, pair_statistics
 from components.metrics.dice import SEG_FEATURES, paired_dice_ci, train_and_score
@@ -243,48 +242,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def choose_generator(
-    candidates: Candidates,
-    section: dict[str, Any],
-    images: Any,
-    split_idx: dict[str, np.ndarray],
-    extractor: Any,
-    cache_dir: str | os.PathLike[str] | None = None,
-) -> Path | None:
-    """The generator file of lowest selection FID (None: no candidate, keep the final model); fills ``section``.
-
-    ``candidates`` are the FID curve's (:func:`candidate_features`); ``images`` are the archive's and ``split_idx``
-    maps ``val`` and ``train`` to their rows. The selection FID is against the val split's real images (the train
-    split's, with a note, when val has fewer than 2, too few for an FID).
-    """
-    if len(candidates.steps) < 2:
-        section["notes"].append("no snapshot before the final step: the final model is kept")
-        return candidates.paths[-1] if candidates.paths else None
-    real_split = "val"
-    if len(split_idx["val"]) < 2:
-        real_split = "train"
-        section["notes"].append(
-            f"the val split has {len(split_idx['val'])} sample(s), too few for an FID: the selection FID used the "
-            "train split's real images (the headline FID's real set)"
-        )
-    real = np.asarray(images[split_idx[real_split]], dtype=np.float32)
-    real_feats = extract_features(extractor, real, cache_dir=cache_dir)
-    path, chosen = select_generator(candidates, real_feats)
-    section.update(chosen, real_split=real_split, n_real=len(real_feats))
-    return path
-
-
 def evaluate(
     archive_dir: str | os.PathLike[str],
     split_dir: str | os.PathLike[str],
@@ -304,6 +261,7 @@ def evaluate(
     """
     # heavy, and not needed to import this module
     from components.gan.sampling import GENERATOR_FILE, generate, load_generator
+    from components.train.trainer import atomic_write
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -478,7 +436,7 @@ def evaluate(
     }
     out.mkdir(parents=True, exist_ok=True)
     if chosen_path is not None:  # the weights the metrics describe, for the register stage
-        _copy_atomic(chosen_path, out / GENERATOR_FILE)
+        atomic_write(out / GENERATOR_FILE, lambda tmp: shutil.copyfile(chosen_path, tmp))
     else:  # no selection: register takes the final model; a file left by an earlier evaluation must not win
         (out / GENERATOR_FILE).unlink(missing_ok=True)
     html_path = write_report(report, out)
