@@ -1,11 +1,12 @@
 """A fast path past pydicom's parser for the common DICOM file: classic greyscale, uncompressed, little endian.
 
 Parsing a CT slice with ``pydicom.dcmread`` builds every one of its ~60 elements in Python and costs more than all
-of ingest's arithmetic on the slice. :func:`scan` walks the element headers of such a file with :mod:`struct`,
-skips what ingest never reads, and hands the elements it needs to pydicom as the same ``RawDataElement`` objects
-``dcmread`` would have made, in a pydicom :class:`~pydicom.dataset.Dataset`. Values are then converted by pydicom
-exactly as after a full parse, so the decoded images are identical (tested against ``dcmread`` on pydicom's own
-test files and the phantom).
+of ingest's arithmetic on the slice. :func:`scan_elements` walks the element headers of such a file with
+:mod:`struct`, skips what ingest never reads, and keeps the elements it needs as the same ``RawDataElement`` objects
+``dcmread`` would have made (:class:`Scanned`; ingest's :class:`~components.dicomheader.Header` reads them
+directly); :func:`scan` puts them in a pydicom :class:`~pydicom.dataset.Dataset`. Values are then converted by
+pydicom exactly as after a full parse, so the decoded images are identical (tested against ``dcmread`` on pydicom's
+own test files and the phantom).
 
 It declines (returns None, and ingest parses with pydicom) whenever the file is anything but the simple case:
 no preamble, another transfer syntax, encapsulated or float pixel data, no pixel data, a Modality or VOI LUT
