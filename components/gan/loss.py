@@ -43,6 +43,7 @@ class PhasedLoss:
         augment: str = "",
         autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
         D_reg: nn.Module | None = None,
+        mode_seeking: float = 0.0,
     ) -> None:
         if loss not in LOSSES:
             raise ConfigError(f"unknown train.loss {loss!r}; choose one of: {', '.join(LOSSES)}")
@@ -56,6 +57,7 @@ class PhasedLoss:
         self.r1_interval = int(r1_interval)
         self.augment = parse_policy(augment)
         self.autocast = autocast or contextlib.nullcontext
+        self.mode_seeking = float(mode_seeking)
 
     def _run_D(
         self, D: nn.Module, pairs: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None
@@ -86,13 +88,27 @@ class PhasedLoss:
     def g_main(
         self, gen_z: torch.Tensor, gen_labels: torch.Tensor, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
-        """Generator phase: make D call the fakes real. Gradients flow through the bare D into G only."""
+        """Generator phase: make D call the fakes real. Gradients flow through the bare D into G only.
+
+        With ``mode_seeking`` > 0 the second half of the batch gets the first half's classes (other latents) and
+        the mode-seeking term is added.
+        """
+        half = gen_z.shape[0] // 2
+        if self.mode_seeking > 0 and half > 0:  # the second half: the first half's classes with other latents
+            gen_labels = torch.cat([gen_labels[:half], gen_labels[:half], gen_labels[2 * half :]])
         with self.autocast():
             fake = self.G(gen_z, gen_labels)
         logits = self._run_D(_bare(self.D), fake.float(), gen_labels, generator)
         loss = -logits.mean() if self.loss == "hinge" else F.softplus(-logits).mean()
+        stats = {"loss_g": loss.detach()}  # the adversarial part: comparable with and without mode seeking
+        if self.mode_seeking > 0 and half > 0:
+            # Mode seeking (MSGAN, Mao et al. 2019): pairs of two latents of one class must differ in proportion to
+            # their latents; minimising the inverse ratio spreads a class over more of its modes.
+            a, b = fake[:half].float(), fake[half : 2 * half].float()
+            ratio = (a - b).abs().mean(dim=(1, 2, 3)) / (gen_z[:half] - gen_z[half : 2 * half]).abs().mean(dim=1)
+            loss = loss + self.mode_seeking / (ratio.mean() + 1e-5)
         loss.backward()
-        return {"loss_g": loss.detach()}
+        return stats
 
     def d_main(
         self,

@@ -232,6 +232,7 @@ def check_train_config(cfg: Config) -> None:
         "guard_d_accuracy",
         "prefetch",
         "fid_snapshots",
+        "mode_seeking",
     ):
         if getattr(tc, key) < 0:
             raise ConfigError(f"train.{key} must not be negative, got {getattr(tc, key)}")
@@ -372,7 +373,15 @@ class Trainer:
         if tc.compile:
             G_fwd, D_fwd = torch.compile(G_fwd), torch.compile(D_fwd)
         self.loss = PhasedLoss(
-            G_fwd, D_fwd, tc.loss, tc.r1_gamma, tc.r1_interval, tc.diffaugment, autocast, D_reg=self.D_train
+            G_fwd,
+            D_fwd,
+            tc.loss,
+            tc.r1_gamma,
+            tc.r1_interval,
+            tc.diffaugment,
+            autocast,
+            D_reg=self.D_train,
+            mode_seeking=tc.mode_seeking,
         )
 
         self.step = 0

@@ -170,7 +170,9 @@ def test_repeated_nan_raises_training_error(train_data, tmp_path, monkeypatch):
     assert not (tmp_path / "m" / "generator.pt").exists()
 
 
-@pytest.mark.parametrize("override", ["train.log_every=0", "train.ema_decay=1.0", "train.lr_d=0"])
+@pytest.mark.parametrize(
+    "override", ["train.log_every=0", "train.ema_decay=1.0", "train.lr_d=0", "train.mode_seeking=-0.1"]
+)
 def test_bad_train_settings_are_rejected_by_name(train_data, tmp_path, override):
     archive, split = train_data
     key = override.split("=")[0]

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import torch
+
+from components.gan.loss import PhasedLoss
+from components.gan.networks import Discriminator, Generator
+
+
+class RecordingG(Generator):
+    """A generator that remembers the labels of its last batch."""
+
+    def forward(self, z, labels):
+        self.seen = labels.clone()
+        return super().forward(z, labels)
+
+
+def _nets(seed=0):
+    torch.manual_seed(seed)
+    return RecordingG(z_dim=16, n_classes=3, channels=8, image_size=32), Discriminator(3, channels=8, image_size=32)
+
+
+def _g_grads(mode_seeking, z, labels):
+    G, D = _nets()
+    D.requires_grad_(False)
+    loss = PhasedLoss(G, D, mode_seeking=mode_seeking)
+    loss.accumulate_gradients("Gmain", None, None, z, labels, torch.Generator().manual_seed(1))
+    return G.seen, torch.cat([p.grad.flatten() for p in G.parameters()])
+
+
+def test_mode_seeking_pairs_latents_within_a_class_and_changes_g_gradients():
+    z, labels = torch.randn(5, 16), torch.tensor([0, 1, 2, 2, 1])
+    seen, plain = _g_grads(0.0, z, labels)
+    assert seen.tolist() == labels.tolist()  # off: the batch's labels as drawn
+    seen, seeking = _g_grads(0.1, z, labels)
+    assert seen.tolist() == [0, 1, 0, 1, 1]  # on: the second half repeats the first half's classes; odd one kept
+    assert not torch.allclose(plain, seeking)
+
+
+def test_mode_seeking_pushes_two_latents_of_a_class_apart():
+    z, labels = torch.randn(8, 16, generator=torch.Generator().manual_seed(3)), torch.zeros(8, dtype=torch.long)
+
+    def spread_after(mode_seeking):
+        G, D = _nets()  # the same start for both
+        D.requires_grad_(False)
+        loss = PhasedLoss(G, D, mode_seeking=mode_seeking)
+        opt = torch.optim.Adam(G.parameters(), lr=1e-3)
+        for _ in range(10):
+            opt.zero_grad()
+            loss.accumulate_gradients("Gmain", None, None, z, labels, torch.Generator().manual_seed(1))
+            opt.step()
+        with torch.no_grad():
+            out = G(z, labels)
+        return (out[:4] - out[4:]).abs().mean().item()
+
+    assert spread_after(1.0) > 1.5 * spread_after(0.0)
