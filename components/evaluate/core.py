@@ -369,6 +369,7 @@ def evaluate(
     )
     metrics["mask_contrast_gap"] = consistency["contrast_gap"]
     metrics["mask_label_mismatch"] = consistency["label_mismatch"]
+    metrics["diversity_ratio"] = consistency["diversity_ratio"]
     for cls, stats in consistency["synthetic"].items():
         metrics[metric_key("mask_contrast_synth", cls)] = stats["contrast"]
         metrics[metric_key("mask_contrast_real", cls)] = consistency["real"].get(cls, {}).get("contrast", np.nan)

@@ -376,11 +376,16 @@ def _consistency(r: dict[str, Any]) -> str:
                 _fmt(a.get("mask_area")),
                 _fmt(b.get("mask_area")),
                 _fmt(b.get("label_mismatch")),
+                _fmt(a.get("spread")),
+                _fmt(b.get("spread")),
             )
         )
     return (
-        "<h2>Mask&ndash;image consistency</h2><p>Contrast: mean intensity inside the mask minus outside. "
-        "Label mismatch: lesion-class samples without a mask, or other samples with one.</p>"
+        "<h2>Mask&ndash;image consistency and diversity</h2><p>Contrast: mean intensity inside the mask minus "
+        "outside. Label mismatch: lesion-class samples without a mask, or other samples with one. Spread: each "
+        "pixel's standard deviation across the class's images, averaged over pixels; a synthetic spread far below "
+        f"the real one means the class collapsed onto few modes (synthetic / real, mean over classes: "
+        f"{_fmt(c.get('diversity_ratio'))}).</p>"
         + _table(
             (
                 "class",
@@ -389,6 +394,8 @@ def _consistency(r: dict[str, Any]) -> str:
                 "mask area real",
                 "mask area synthetic",
                 "label mismatch synthetic",
+                "spread real",
+                "spread synthetic",
             ),
             rows,
             "metrics",

@@ -28,13 +28,24 @@ def mask_contrast(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return out
 
 
+def spread(images: np.ndarray) -> float:
+    """Within-set diversity: each pixel's standard deviation across the images, averaged over pixels.
+
+    Near 0 when the images are alike (a class collapsed onto one mode); ``nan`` for fewer than 2 images.
+    """
+    if len(images) < 2:
+        return float("nan")
+    return float(np.asarray(images, dtype=np.float64).reshape(len(images), -1).std(axis=0).mean())
+
+
 def pair_statistics(
     images: np.ndarray, masks: np.ndarray, labels: Sequence[str], classes: Sequence[str], lesion_classes: Sequence[str]
 ) -> dict[str, dict[str, float]]:
     """Per-class pair statistics.
 
     ``contrast``: mean of :func:`mask_contrast`; ``mask_area``: mean mask fraction; ``label_mismatch``: fraction
-    of lesion-class samples without a mask, or of other samples with one; ``n``: samples.
+    of lesion-class samples without a mask, or of other samples with one; ``spread``: :func:`spread` of the class's
+    images; ``n``: samples.
     """
     labels = np.asarray(labels).astype(str)
     contrast = mask_contrast(images, masks)
@@ -50,6 +61,7 @@ def pair_statistics(
             "contrast": float(c.mean()) if len(c) else float("nan"),
             "mask_area": float(area[sel].mean()),
             "label_mismatch": float((~has_mask if cls in lesion_classes else has_mask).mean()),
+            "spread": spread(np.asarray(images)[sel]),
             "n": int(sel.sum()),
         }
     return out
@@ -59,14 +71,18 @@ def consistency_report(real: dict[str, dict[str, float]], synth: dict[str, dict[
     """Compare :func:`pair_statistics` of real and synthetic pairs.
 
     ``contrast_gap`` is the mean absolute difference of the per-class contrasts (lower is better),
-    ``label_mismatch`` the mean over classes of the synthetic label mismatch.
+    ``label_mismatch`` the mean over classes of the synthetic label mismatch, ``diversity_ratio`` the mean over
+    classes of the synthetic spread over the real one (1: as varied as the real images; near 0: mode collapse).
     """
     gaps = [abs(synth[c]["contrast"] - real[c]["contrast"]) for c in synth if c in real]
     gaps = [g for g in gaps if np.isfinite(g)]
     mismatch = [v["label_mismatch"] for v in synth.values()]
+    ratios = [synth[c]["spread"] / real[c]["spread"] for c in synth if c in real and real[c]["spread"] > 0]
+    ratios = [r for r in ratios if np.isfinite(r)]
     return {
         "contrast_gap": float(np.mean(gaps)) if gaps else float("nan"),
         "label_mismatch": float(np.mean(mismatch)) if mismatch else float("nan"),
+        "diversity_ratio": float(np.mean(ratios)) if ratios else float("nan"),
         "real": real,
         "synthetic": synth,
     }

@@ -69,6 +69,20 @@ def test_mask_image_consistency():
     assert consistency_report(real, real)["contrast_gap"] == 0.0
 
 
+def test_diversity_ratio_sees_a_class_collapsed_onto_one_image():
+    images, masks, labels = blobs(9)
+    classes, lesion = ["normal", "benign", "malignant"], ["benign", "malignant"]
+    real = pair_statistics(images, masks, labels, classes, lesion)
+    assert all(real[c]["spread"] > 0.03 for c in classes)  # 3 images a class: noise of sd 0.05, lesions
+    first = {c: int(np.flatnonzero(labels == c)[0]) for c in classes}
+    collapsed = np.stack([images[first[c]] for c in labels])  # every sample of a class the same image
+    synth = pair_statistics(collapsed, masks, labels, classes, lesion)
+    assert all(synth[c]["spread"] == 0.0 for c in classes)
+    assert consistency_report(real, synth)["diversity_ratio"] == 0.0
+    assert consistency_report(real, real)["diversity_ratio"] == pytest.approx(1.0)
+    assert np.isnan(pair_statistics(images[:1], masks[:1], labels[:1], classes, lesion)[labels[0]]["spread"])
+
+
 def test_memorization_flags_near_copies():
     rng = np.random.default_rng(0)
     real = rng.normal(size=(50, 32))
