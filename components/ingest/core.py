@@ -427,7 +427,10 @@ class _Decoder:
                     if chunk is None:
                         break
                     tasks = [r.task for r in chunk if r.task is not None]
-                    ahead.append((chunk, self.pool.submit(_decode_chunk, tasks)))
+                    try:
+                        ahead.append((chunk, self.pool.submit(_decode_chunk, tasks)))
+                    except BrokenProcessPool:  # a worker died since the last hand-over: name the oldest chunk out
+                        raise _worker_died(ahead[0][0] if ahead else chunk) from None
             if ahead:  # the pool's chunks come first in row order: they were taken from the front
                 chunk, future = ahead.popleft()
                 results = None if future.cancel() else iter(_result(future, chunk))
@@ -446,10 +449,15 @@ def _result(future: Future[list[list[_Outcome]]], chunk: list[_Row]) -> list[lis
     try:
         return future.result()
     except BrokenProcessPool:
-        raise MedganError(
-            f"a decoding worker died while reading {chunk[0].rel} .. {chunk[-1].rel} (killed by the system, most "
-            "likely out of memory): lower ingest.workers or ingest.max_decoded_bytes, or check those files"
-        ) from None
+        raise _worker_died(chunk) from None
+
+
+def _worker_died(chunk: list[_Row]) -> MedganError:
+    """The error for a pool broken by a dead worker, naming the files of the oldest chunk still out."""
+    return MedganError(
+        f"a decoding worker died while reading {chunk[0].rel} .. {chunk[-1].rel} (killed by the system, most "
+        "likely out of memory): lower ingest.workers or ingest.max_decoded_bytes, or check those files"
+    )
 
 
 def _start_workers(pool: ProcessPoolExecutor, n: int, started: list[Future[bool]]) -> None:

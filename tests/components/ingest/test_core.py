@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 import pydicom
@@ -399,6 +400,25 @@ def test_a_worker_killed_mid_ingest_is_a_clear_error_and_leaves_no_archive(data,
     monkeypatch.setattr(core, "_decode", lambda task, cfg: time.sleep(0.5))  # leave the work to the workers
     monkeypatch.setattr(core, "_decode_chunk", _die)
     with pytest.raises(MedganError, match="decoding worker died"):
+        ingest(data, tmp_path / "archive", resolve("tiny", ["ingest.workers=2"]), salt=SALT)
+    assert not (tmp_path / "archive").exists()
+
+
+def test_a_pool_found_broken_at_a_hand_over_is_the_same_clear_error(data, tmp_path, monkeypatch):
+    """A worker may die before the next chunk is handed over: then ``submit`` itself raises (seen on a loaded CI)."""
+    monkeypatch.setattr(core, "_POOL_START_S", 0.0)
+    monkeypatch.setattr(core, "_CHUNK", 2)
+    monkeypatch.setattr(core.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(core, "_decode", lambda task, cfg: time.sleep(0.5))  # leave the work to the workers
+    real_submit = core.ProcessPoolExecutor.submit
+
+    def submit(self, fn, *args, **kwargs):
+        if fn is core._decode_chunk:
+            raise BrokenProcessPool("A child process terminated abruptly")
+        return real_submit(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(core.ProcessPoolExecutor, "submit", submit)
+    with pytest.raises(MedganError, match=r"decoding worker died while reading dicom/\S+ \.\. dicom/"):
         ingest(data, tmp_path / "archive", resolve("tiny", ["ingest.workers=2"]), salt=SALT)
     assert not (tmp_path / "archive").exists()
 
