@@ -35,21 +35,6 @@ def choose(fids: list[float]) -> int:
     return best
 
 
-def select_generator(candidates: Candidates, real_feats: np.ndarray) -> tuple[Path, dict[str, Any]]:
-    """The chosen candidate's generator file and the selection's ``steps``, ``fid`` and ``selected_step``.
-
-    ``real_feats`` are the selection's real features (the val split's). ``candidates`` must not be empty.
-    """
-    fids = candidates.fids(real_feats)
-    best = choose(fids)
-    return candidates.paths[best], {
-        "steps": list(candidates.steps),
-        "fid": [v if math.isfinite(v) else None for v in fids],
-        "selected_step": candidates.steps[best],
-        "n_samples": candidates.n_samples,
-    }
-
-
 def choose_generator(
     candidates: Candidates,
     section: dict[str, Any],
@@ -76,6 +61,14 @@ def choose_generator(
         )
     real = np.asarray(images[split_idx[real_split]], dtype=np.float32)
     real_feats = extract_features(extractor, real, cache_dir=cache_dir)
-    path, chosen = select_generator(candidates, real_feats)
-    section.update(chosen, real_split=real_split, n_real=len(real_feats))
-    return path
+    fids = candidates.fids(real_feats)
+    best = choose(fids)
+    section.update(
+        steps=list(candidates.steps),
+        fid=[v if math.isfinite(v) else None for v in fids],
+        selected_step=candidates.steps[best],
+        n_samples=candidates.n_samples,
+        real_split=real_split,
+        n_real=len(real_feats),
+    )
+    return candidates.paths[best]

@@ -47,7 +47,7 @@ def pair_statistics(
     of lesion-class samples without a mask, or of other samples with one; ``spread``: :func:`spread` of the class's
     images; ``n``: samples.
     """
-    labels = np.asarray(labels).astype(str)
+    labels, images = np.asarray(labels).astype(str), np.asarray(images)
     contrast = mask_contrast(images, masks)
     area = np.asarray(masks).reshape(len(masks), -1).astype(bool).mean(axis=1) if len(masks) else np.zeros(0)
     out: dict[str, dict[str, float]] = {}
@@ -61,7 +61,7 @@ def pair_statistics(
             "contrast": float(c.mean()) if len(c) else float("nan"),
             "mask_area": float(area[sel].mean()),
             "label_mismatch": float((~has_mask if cls in lesion_classes else has_mask).mean()),
-            "spread": spread(np.asarray(images)[sel]),
+            "spread": spread(images[sel]),
             "n": int(sel.sum()),
         }
     return out
