@@ -96,6 +96,9 @@ class TrainConfig:
     # Weight of the mode-seeking term (MSGAN) in Gmain, against within-class mode collapse; 0 = off. On quickstart
     # (3 seeds) 0.005 brings the within-class spread of samples to the real data's level at a cost in FID (README).
     mode_seeking: float = 0.0
+    # Minibatch-stddev group size in D (ProGAN/StyleGAN2), against mode collapse; 0 or 1 = off. The per-process
+    # batch (batch_size / processes) must be a multiple of it.
+    mbstd_group: int = 0
     ema_decay: float = 0.999
     diffaugment: str = "translation,cutout"  # comma list of: color, translation, cutout; empty for none
     nproc: int = 1  # processes for torchrun --standalone (DDP)
@@ -147,6 +150,8 @@ class EvalConfig:
     fid_curve_samples: int = 64
     kid_subset_size: int = 64
     kid_subsets: int = 20
+    # k of the k-nearest-neighbour balls of precision / recall / density / coverage (Naeem et al. 2020 use 5).
+    manifold_k: int = 5
     bootstrap: int = 50
     seg_epochs: int = 10
     seg_batch_size: int = 16
@@ -159,7 +164,9 @@ class EvalConfig:
     select_snapshot: str = "best_fid"
 
     def __post_init__(self) -> None:
-        """Reject an unknown ``select_snapshot`` when the config is built, not after a whole training run."""
+        """Reject a bad value when the config is built, not after a whole training run."""
+        if self.manifold_k < 1:
+            raise ConfigError(f"eval.manifold_k must be at least 1, got {self.manifold_k}")
         if self.select_snapshot not in SELECT_SNAPSHOT:
             raise ConfigError(
                 f"eval.select_snapshot must be one of {', '.join(SELECT_SNAPSHOT)}, got {self.select_snapshot!r}"

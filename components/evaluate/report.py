@@ -24,7 +24,7 @@ import numpy as np
 
 # Metrics where a lower value is better; shown in the metrics table.
 LOWER_IS_BETTER = ("fid", "kid", "nn_copy_fraction", "mask_contrast_gap", "mask_label_mismatch")
-HIGHER_IS_BETTER = ("dice_real", "dice_real_synth", "dice_gain")
+HIGHER_IS_BETTER = ("dice_real", "dice_real_synth", "dice_gain", "precision", "recall", "coverage")
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -243,7 +243,14 @@ def _metrics(r: dict[str, Any]) -> str:
     html_notes = "".join(f"<li>{_e(n)}</li>" for n in notes)
     out = [
         "<h2>Metrics</h2>",
-        "<p>95% confidence intervals: centred bootstrap over real and synthetic samples.</p>" if overall else "",
+        "<p>95% confidence intervals: centred bootstrap over real and synthetic samples. FID and KID mix "
+        "fidelity and diversity; the k-nearest-neighbour metrics (in the same feature space) split them: "
+        "<b>precision</b> is the share of synthetic samples that fall on the real data's manifold (fidelity), "
+        "<b>recall</b> and <b>coverage</b> the share of real samples the synthetic ones reach (diversity: they "
+        "fall when a class collapses onto few modes), <b>density</b> ~1 when both sets are alike. All four are 1 "
+        "at best and depend on the sample sizes and k, so compare runs with equal settings.</p>"
+        if overall
+        else "",
         _table(("metric", "value", "95% CI", "better"), overall, "metrics"),
     ]
     if per_class:
@@ -385,7 +392,8 @@ def _consistency(r: dict[str, Any]) -> str:
         "outside. Label mismatch: lesion-class samples without a mask, or other samples with one. Spread: each "
         "pixel's standard deviation across the class's images, averaged over pixels; a synthetic spread far below "
         f"the real one means the class collapsed onto few modes (synthetic / real, mean over classes: "
-        f"{_fmt(c.get('diversity_ratio'))}).</p>"
+        f"{_fmt(c.get('diversity_ratio'))}); recall and coverage in the metrics table measure the same in "
+        "feature space.</p>"
         + _table(
             (
                 "class",

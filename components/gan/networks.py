@@ -131,37 +131,70 @@ class _DownBlock(nn.Module):
         return F.leaky_relu(self.down(x), LRELU_SLOPE)
 
 
+def group_size(batch: int, requested: int) -> int:
+    """The largest group size at most ``requested`` that divides ``batch`` (1 when only 1 does)."""
+    return next(g for g in range(min(requested, batch), 0, -1) if batch % g == 0)
+
+
+def minibatch_stddev(x: torch.Tensor, group: int) -> torch.Tensor:
+    """Append one feature map: the std across a group of samples, averaged over features and pixels (ProGAN).
+
+    Groups are *consecutive* samples (StyleGAN2's layer groups strided ones): the discriminator scores real and
+    fake pairs in one batched call, reals first, so with a group size dividing the batch halves no group mixes
+    the two. A generator whose samples are all alike gives groups of near-zero spread, which real pairs never
+    have: the discriminator can see the collapse and the generator is pushed out of it. Computed in float32.
+    """
+    n, _, h, w = x.shape
+    g = group_size(n, group)
+    y = x.float().reshape(n // g, g, -1)
+    y = (y.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=1)  # one value per group
+    y = y.repeat_interleave(g).reshape(n, 1, 1, 1).expand(n, 1, h, w)
+    return torch.cat([x, y.to(x.dtype)], dim=1)
+
+
 class Discriminator(nn.Module):
     """Projection discriminator (Miyato & Koyama 2018) with spectral norm on every layer.
 
     ``D(pair, labels) -> (N,)`` logits where ``pair`` is in generator-output format; the mask channel is mapped
     from [0, 1] to [-1, 1] inside so both channels enter on the same scale. The class enters only through the
-    projection term ``<embed(y), phi(x)>``, which is what makes the logit depend on the label.
+    projection term ``<embed(y), phi(x)>``, which is what makes the logit depend on the label. With
+    ``mbstd_group`` > 1 the 4x4 features get a minibatch-stddev map (:func:`minibatch_stddev`) before the last
+    conv, as in ProGAN/StyleGAN2, against mode collapse; the logits then depend on the rest of the group.
     """
 
-    def __init__(self, n_classes: int, channels: int = 32, image_size: int = 64) -> None:
+    def __init__(self, n_classes: int, channels: int = 32, image_size: int = 64, mbstd_group: int = 0) -> None:
         super().__init__()
         log2 = check_image_size(image_size)
-        if n_classes < 1 or channels < 1:
-            raise ValueError(f"n_classes and channels must be positive ({n_classes}, {channels})")
+        if n_classes < 1 or channels < 1 or mbstd_group < 0:
+            raise ValueError(
+                f"n_classes and channels must be positive, mbstd_group not negative ({n_classes}, {channels}, "
+                f"{mbstd_group})"
+            )
         self.n_classes, self.channels, self.image_size = n_classes, channels, image_size
+        self.mbstd_group = mbstd_group if mbstd_group > 1 else 0
         # Like the generator, nothing wide runs at full resolution: the first conv reads the pair with stride 2.
         width = [channel_width(channels, image_size, 2**k) for k in range(log2 - 1, 1, -1)]
         self.from_pair = spectral_norm(nn.Conv2d(2, width[0], 4, stride=2, padding=1))
         self.blocks = nn.Sequential(*(_DownBlock(width[i], width[i + 1]) for i in range(len(width) - 1)))
-        self.final = spectral_norm(nn.Conv2d(width[-1], width[-1], 3, padding=1))
+        extra = 1 if self.mbstd_group else 0
+        self.final = spectral_norm(nn.Conv2d(width[-1] + extra, width[-1], 3, padding=1))
         self.linear = spectral_norm(nn.Linear(width[-1], 1))
         self.embed = spectral_norm(nn.Embedding(n_classes, width[-1]))
 
     def init_kwargs(self) -> dict[str, int]:
         """Constructor arguments, stored in checkpoints."""
-        return {"n_classes": self.n_classes, "channels": self.channels, "image_size": self.image_size}
+        kwargs = {"n_classes": self.n_classes, "channels": self.channels, "image_size": self.image_size}
+        if self.mbstd_group:  # absent when off, so checkpoints written before the option still resume
+            kwargs["mbstd_group"] = self.mbstd_group
+        return kwargs
 
     def forward(self, pair: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Score pairs (N, 2, S, S) in generator-output format as members of class ``labels``; returns (N,)."""
         x = torch.cat([pair[:, :1], pair[:, 1:] * 2 - 1], dim=1)
         x = F.leaky_relu(self.from_pair(x), LRELU_SLOPE)
         x = self.blocks(x)
+        if self.mbstd_group:
+            x = minibatch_stddev(x, self.mbstd_group)
         x = F.leaky_relu(self.final(x), LRELU_SLOPE)
         h = x.sum(dim=(2, 3))  # sum pooling, as in SNGAN/BigGAN projection discriminators
         return self.linear(h).squeeze(1) + (self.embed(labels) * h).sum(dim=1)

@@ -16,12 +16,17 @@ import numpy as np
 
 from components.metrics.fid import fid_metric
 from components.metrics.kid import kid_metric
+from components.metrics.manifold import coverage_metric, density_metric, precision_metric, recall_metric
 
 MetricFn = Callable[..., dict[str, float]]
 
 METRICS: dict[str, MetricFn] = {
     "fid": fid_metric,
     "kid": kid_metric,
+    "precision": precision_metric,
+    "recall": recall_metric,
+    "density": density_metric,
+    "coverage": coverage_metric,
 }
 
 

@@ -233,6 +233,7 @@ def check_train_config(cfg: Config) -> None:
         "prefetch",
         "fid_snapshots",
         "mode_seeking",
+        "mbstd_group",
     ):
         if getattr(tc, key) < 0:
             raise ConfigError(f"train.{key} must not be negative, got {getattr(tc, key)}")
@@ -322,11 +323,17 @@ class Trainer:
                 f"processes (train.nproc)"
             )
         self.batch = tc.batch_size // self.ctx.world_size
+        if tc.mbstd_group > 1 and self.batch % tc.mbstd_group:
+            # D scores reals and fakes in one call, reals first: a group not dividing the half would mix the two.
+            raise ConfigError(
+                f"train.mbstd_group={tc.mbstd_group} must divide the per-process batch ({self.batch} = "
+                f"train.batch_size {tc.batch_size} / {self.ctx.world_size} processes); choose a divisor or 0"
+            )
         self._load_data(archive_dir, split_dir)
 
         torch.manual_seed(cfg.seed)  # identical initial weights (and spectral-norm vectors) on every rank
         self.G = Generator(tc.z_dim, len(self.classes), tc.g_channels, self.image_size).to(self.device)
-        self.D = Discriminator(len(self.classes), tc.d_channels, self.image_size).to(self.device)
+        self.D = Discriminator(len(self.classes), tc.d_channels, self.image_size, tc.mbstd_group).to(self.device)
         cuda = self.device.type == "cuda"
         nhwc = (cuda and tc.channels_last) or CHANNELS_LAST_ON_CPU
         self.memory_format = torch.channels_last if nhwc else torch.contiguous_format

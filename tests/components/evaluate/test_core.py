@@ -70,6 +70,10 @@ def test_evaluate_writes_metrics_report_and_tracks(archive_dir, split_dir, train
         "fid_ci_low",
         "fid_ci_high",
         "kid",
+        "precision",
+        "recall",
+        "density",
+        "coverage",
         "dice_real",
         "dice_real_synth",
         "dice_gain",
@@ -78,6 +82,7 @@ def test_evaluate_writes_metrics_report_and_tracks(archive_dir, split_dir, train
     ):
         assert key in metrics, key
     assert metrics["fid"] >= 0 and 0 <= metrics["nn_copy_fraction"] <= 1
+    assert all(0 <= metrics[k] <= 1 for k in ("precision", "recall", "coverage"))
     assert all(v is None or isinstance(v, float) for v in metrics.values())
     html = (out / "report.html").read_text()
     assert "Samples per class" in html and "expect_x" in html and "pending" in html

@@ -6,7 +6,7 @@ import torch
 
 from components.errors import ConfigError
 from components.gan.augment import diff_augment, parse_policy
-from components.gan.networks import Discriminator, Generator
+from components.gan.networks import Discriminator, Generator, group_size, minibatch_stddev
 from components.gan.sampling import class_grid, generate
 
 
@@ -100,3 +100,36 @@ def test_diffaugment_policy_is_checked():
     assert parse_policy("") == []
     with pytest.raises(ConfigError, match="flip"):
         parse_policy("translation,flip")
+
+
+@pytest.mark.parametrize(("batch", "requested", "expected"), [(8, 4, 4), (6, 4, 3), (7, 4, 1), (2, 4, 2), (5, 1, 1)])
+def test_group_size_is_the_largest_divisor_up_to_the_request(batch, requested, expected):
+    assert group_size(batch, requested) == expected
+
+
+def test_minibatch_stddev_groups_consecutive_samples():
+    torch.manual_seed(0)
+    x = torch.randn(8, 5, 4, 4)
+    x[:4] = x[0]  # the first group: four copies of one sample (a collapsed generator's batch)
+    y = minibatch_stddev(x, 4)
+    assert y.shape == (8, 6, 4, 4) and torch.equal(y[:, :5], x)
+    assert y[:4, 5].abs().max() < 1e-3  # no spread in the first group
+    expected = x[4:].std(dim=0, unbiased=False).mean()  # one value for the whole second group, every pixel
+    torch.testing.assert_close(y[4:, 5], expected.expand(4, 4, 4), rtol=1e-5, atol=1e-5)
+
+
+def test_discriminator_with_minibatch_stddev_sees_its_group_only():
+    torch.manual_seed(0)
+    D = Discriminator(n_classes=3, channels=8, image_size=32, mbstd_group=2).eval()
+    assert D.init_kwargs()["mbstd_group"] == 2
+    assert "mbstd_group" not in Discriminator(3, 8, 32).init_kwargs()  # checkpoints without it still resume
+    pair = torch.rand(4, 2, 32, 32) * 2 - 1
+    labels = torch.tensor([0, 1, 2, 1])
+    base = D(pair, labels)
+    other = pair.clone()
+    other[1] = torch.rand(2, 32, 32)  # change one member of the first group
+    changed = D(other, labels)
+    assert not torch.allclose(changed[0], base[0])  # its group mate's logit moves ...
+    torch.testing.assert_close(changed[2:], base[2:])  # ... the other group's do not
+    with pytest.raises(ValueError, match="mbstd_group"):
+        Discriminator(3, 8, 32, mbstd_group=-1)

@@ -124,11 +124,21 @@ def test_snapshots_survive_resume_and_a_fresh_start_clears_them(train_data, tmp_
     assert not fresh["resumed"] and fresh["snapshot_steps"] == [2, 4, 6]
 
 
-def test_resume_refuses_a_checkpoint_of_another_model(train_data, tmp_path):
+@pytest.mark.parametrize("other", ["train.g_channels=16", "train.mbstd_group=4"])
+def test_resume_refuses_a_checkpoint_of_another_model(train_data, tmp_path, other):
     archive, split = train_data
     train(archive, split, tmp_path / "m", resolve("tiny", ["train.steps=2"]), None)
     with pytest.raises(TrainingError, match="different model"):
-        train(archive, split, tmp_path / "m", resolve("tiny", ["train.g_channels=16"]), None)
+        train(archive, split, tmp_path / "m", resolve("tiny", [other]), None)
+
+
+def test_minibatch_stddev_trains_and_its_group_must_divide_the_batch(train_data, tmp_path):
+    archive, split = train_data
+    summary = train(archive, split, tmp_path / "m", resolve("tiny", ["train.mbstd_group=4"]), None)
+    assert summary["steps_run"] == 6 and np.isfinite(summary["final_losses"]["loss_d"])
+    assert _state(tmp_path / "m" / "checkpoint.pt")["d_kwargs"]["mbstd_group"] == 4
+    with pytest.raises(ConfigError, match="train.mbstd_group=3 must divide the per-process batch"):
+        train(archive, split, tmp_path / "n", resolve("tiny", ["train.mbstd_group=3"]), None)
 
 
 def _inject_nan(monkeypatch, at_calls):
@@ -171,7 +181,8 @@ def test_repeated_nan_raises_training_error(train_data, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "override", ["train.log_every=0", "train.ema_decay=1.0", "train.lr_d=0", "train.mode_seeking=-0.1"]
+    "override",
+    ["train.log_every=0", "train.ema_decay=1.0", "train.lr_d=0", "train.mode_seeking=-0.1", "train.mbstd_group=-1"],
 )
 def test_bad_train_settings_are_rejected_by_name(train_data, tmp_path, override):
     archive, split = train_data
