@@ -131,6 +131,23 @@ def distribution_metrics(
     return out, notes
 
 
+def holdout_metrics(train: np.ndarray, val: np.ndarray | None, options: dict[str, Any], seed: int) -> dict[str, float]:
+    """Every registered metric of the val split's real images scored as if synthetic, against the train split.
+
+    The reference a generator is read against: what real images of other patients reach at these sample sizes
+    (``holdout_<metric>``, overall only, no interval; nan when val has fewer than 2 images). The val split is
+    usually smaller than ``eval.fid_samples``, which biases FID upwards and the k-NN metrics somewhat, so the
+    baseline is a guide, not an exact ceiling.
+    """
+    out = {}
+    for name in METRICS:
+        value = float("nan")
+        if val is not None and len(val) >= 2:
+            value = compute_metric(name, train, val, {**options, "bootstrap": 0}, seed)["value"]
+        out[f"holdout_{name}"] = value
+    return out
+
+
 def dice_comparison(
     real: tuple[np.ndarray, np.ndarray],
     synthetic: tuple[np.ndarray, np.ndarray],
@@ -294,6 +311,17 @@ def evaluate(
     extractor = get_extractor(ev.feature_extractor, device)
     timings["load"] = time.perf_counter() - clock
 
+    # real features: the train split's (every headline metric) and the val split's (selection, held-out baseline)
+    clock = time.perf_counter()
+    real_feats = extract_features(extractor, real_images, cache_dir=cache_dir)
+    val_idx = np.sort(split.loc[split["split"] == "val", "index"].to_numpy())
+    val_feats = None
+    if len(val_idx) >= 2:
+        val_feats = extract_features(
+            extractor, np.asarray(archive.images[val_idx], dtype=np.float32), cache_dir=cache_dir
+        )
+    timings["features_real"] = time.perf_counter() - clock
+
     # 0. which generator: the snapshot of lowest val FID, or the final model --------------------------------------
     clock = time.perf_counter()
     final_step = int(gmeta.get("step", 0))
@@ -309,9 +337,7 @@ def evaluate(
     candidates, chosen_path, model_meta = None, None, gmeta
     if ev.select_snapshot == "best_fid":
         candidates = candidate_features(*curve_inputs)  # the FID curve's samples: scored against val here
-        val_idx = np.sort(split.loc[split["split"] == "val", "index"].to_numpy())
-        split_idx = {"val": val_idx, "train": train_idx}
-        chosen_path = choose_generator(candidates, selection, archive.images, split_idx, extractor, cache_dir)
+        chosen_path = choose_generator(candidates, selection, {"val": val_feats, "train": real_feats})
         if selection["selected_step"] != final_step:
             generator, model_meta = load_generator(chosen_path, device=device)
     timings["selection"] = time.perf_counter() - clock
@@ -321,9 +347,6 @@ def evaluate(
     fake_images, fake_masks = generate(generator, fake_labels, seed=seeds["fid"])
     timings["generate"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    real_feats = extract_features(extractor, real_images, cache_dir=cache_dir)
-    timings["features_real"] = time.perf_counter() - clock
-    clock = time.perf_counter()
     fake_feats = extract_features(extractor, fake_images)
     timings["features_synthetic"] = time.perf_counter() - clock
     clock = time.perf_counter()
@@ -331,6 +354,7 @@ def evaluate(
     metrics, notes = distribution_metrics(
         real_feats, real_labels, fake_feats, fake_labels, classes, options, seeds["metrics"]
     )
+    metrics.update(holdout_metrics(real_feats, val_feats, options, seeds["metrics"]))
     timings["distribution_metrics"] = time.perf_counter() - clock
     clock = time.perf_counter()
     metrics["selected_step"] = float(selection["selected_step"])

@@ -24,6 +24,7 @@ import numpy as np
 
 # Metrics where a lower value is better; shown in the metrics table.
 LOWER_IS_BETTER = ("fid", "kid", "nn_copy_fraction", "mask_contrast_gap", "mask_label_mismatch")
+HOLDOUT = "holdout_"  # prefix of the held-out real baseline of a metric (evaluate.core.holdout_metrics)
 HIGHER_IS_BETTER = ("dice_real", "dice_real_synth", "dice_gain", "precision", "recall", "coverage")
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
@@ -235,10 +236,15 @@ def _metrics(r: dict[str, Any]) -> str:
         return "<h2>Metrics</h2>" + _missing("metrics")
     overall, per_class = [], []
     for name, scope, value, low, high in _metric_rows(metrics):
+        if name.startswith(HOLDOUT):  # shown next to the metric it is the reference of
+            continue
         better = "lower" if name in LOWER_IS_BETTER else "higher" if name in HIGHER_IS_BETTER else ""
         ci = f"[{_fmt(low)}, {_fmt(high)}]" if low is not None or high is not None else ""
-        row = (_e(name), _fmt(value), ci, better)
-        (per_class if scope else overall).append((_e(scope), *row) if scope else row)
+        if scope:
+            per_class.append((_e(scope), _e(name), _fmt(value), ci, better))
+        else:
+            holdout = metrics.get(HOLDOUT + name)
+            overall.append((_e(name), _fmt(value), ci, better, "" if holdout is None else _fmt(holdout)))
     notes = r.get("notes") or []
     html_notes = "".join(f"<li>{_e(n)}</li>" for n in notes)
     out = [
@@ -248,10 +254,12 @@ def _metrics(r: dict[str, Any]) -> str:
         "<b>precision</b> is the share of synthetic samples that fall on the real data's manifold (fidelity), "
         "<b>recall</b> and <b>coverage</b> the share of real samples the synthetic ones reach (diversity: they "
         "fall when a class collapses onto few modes), <b>density</b> ~1 when both sets are alike. All four are 1 "
-        "at best and depend on the sample sizes and k, so compare runs with equal settings.</p>"
+        "at best and depend on the sample sizes and k, so compare runs with equal settings. <b>Held-out real</b>: "
+        "the val split's real images (other patients) scored as if they were synthetic, the reference a generator "
+        "is read against (fewer samples than the synthetic side, so only a guide).</p>"
         if overall
         else "",
-        _table(("metric", "value", "95% CI", "better"), overall, "metrics"),
+        _table(("metric", "value", "95% CI", "better", "held-out real"), overall, "metrics"),
     ]
     if per_class:
         out.append("<h3>Per class</h3>")

@@ -12,14 +12,12 @@ is not made on the real set the headline metrics are computed against; the curve
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from components.evaluate.curve import Candidates
-from components.metrics.features import extract_features
 
 
 def choose(fids: list[float]) -> int:
@@ -36,32 +34,27 @@ def choose(fids: list[float]) -> int:
 
 
 def choose_generator(
-    candidates: Candidates,
-    section: dict[str, Any],
-    images: Any,
-    split_idx: dict[str, np.ndarray],
-    extractor: Any,
-    cache_dir: str | os.PathLike[str] | None = None,
+    candidates: Candidates, section: dict[str, Any], real_feats: dict[str, np.ndarray | None]
 ) -> Path | None:
     """The generator file of lowest selection FID (None: no candidate, keep the final model); fills ``section``.
 
-    ``candidates`` are the FID curve's (:func:`components.evaluate.curve.candidate_features`); ``images`` are the
-    archive's and ``split_idx`` maps ``val`` and ``train`` to their rows. The selection FID is against the val split's
-    real images (the train split's, with a note, when val has fewer than 2, too few for an FID).
+    ``candidates`` are the FID curve's (:func:`components.evaluate.curve.candidate_features`); ``real_feats`` maps
+    ``val`` and ``train`` to the features of their real images (``val`` may be None). The selection FID is against
+    the val split (the train split's, with a note, when val has fewer than 2 images, too few for an FID).
     """
     if len(candidates.steps) < 2:
         section["notes"].append("no snapshot before the final step: the final model is kept")
         return candidates.paths[-1] if candidates.paths else None
     real_split = "val"
-    if len(split_idx["val"]) < 2:
+    n_val = 0 if real_feats.get("val") is None else len(real_feats["val"])
+    if n_val < 2:
         real_split = "train"
         section["notes"].append(
-            f"the val split has {len(split_idx['val'])} sample(s), too few for an FID: the selection FID used the "
+            f"the val split has {n_val} sample(s), too few for an FID: the selection FID used the "
             "train split's real images (the headline FID's real set)"
         )
-    real = np.asarray(images[split_idx[real_split]], dtype=np.float32)
-    real_feats = extract_features(extractor, real, cache_dir=cache_dir)
-    fids = candidates.fids(real_feats)
+    real = real_feats[real_split]
+    fids = candidates.fids(real)
     best = choose(fids)
     section.update(
         steps=list(candidates.steps),
@@ -69,6 +62,6 @@ def choose_generator(
         selected_step=candidates.steps[best],
         n_samples=candidates.n_samples,
         real_split=real_split,
-        n_real=len(real_feats),
+        n_real=len(real),
     )
     return candidates.paths[best]

@@ -83,6 +83,9 @@ def test_evaluate_writes_metrics_report_and_tracks(archive_dir, split_dir, train
         assert key in metrics, key
     assert metrics["fid"] >= 0 and 0 <= metrics["nn_copy_fraction"] <= 1
     assert all(0 <= metrics[k] <= 1 for k in ("precision", "recall", "coverage"))
+    # The held-out real baseline: the val split's real images scored against the train split, overall only.
+    assert metrics["holdout_fid"] >= 0 and "holdout_fid_ci_low" not in metrics
+    assert {f"holdout_{m}" for m in ("kid", "precision", "recall", "density", "coverage")} <= set(metrics)
     assert all(v is None or isinstance(v, float) for v in metrics.values())
     html = (out / "report.html").read_text()
     assert "Samples per class" in html and "expect_x" in html and "pending" in html

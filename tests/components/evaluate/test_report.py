@@ -38,6 +38,8 @@ def full_report() -> dict:
             "fid_ci_high.benign": 40.0,
             "kid": 0.01,
             "coverage": 0.42,
+            "holdout_coverage": 0.8,
+            "holdout_fid": 5.0,
             "dice_real": 0.6,
             "dice_real_synth": 0.65,
             "dice_gain": 0.05,
@@ -120,8 +122,9 @@ def test_full_report_has_sections_images_curves_and_escapes_data():
     assert html.count("data:image/png;base64,") == 5
     assert html.count("<svg") == 2  # the losses chart + img_per_s
     assert "[10, 15]" in html  # the CI
-    assert re.search(r"<td>fid</td><td>12.5</td><td>\[10, 15\]</td><td>lower</td>", html)
-    assert re.search(r"<td>coverage</td><td>0.42</td><td></td><td>higher</td>", html)
+    assert re.search(r"<td>fid</td><td>12.5</td><td>\[10, 15\]</td><td>lower</td><td>5</td>", html)
+    assert re.search(r"<td>coverage</td><td>0.42</td><td></td><td>higher</td><td>0.8</td>", html)
+    assert "<td>holdout_fid</td>" not in html  # a column, not a row of its own
     assert "expect_column_values_to_be_between" in html and "FAIL" in html
     assert "FLAGGED" in html
     assert "&lt;script&gt;" in html

@@ -5,10 +5,13 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
-from components.evaluate.selection import choose
+from components.evaluate.core import holdout_metrics
+from components.evaluate.curve import Candidates
+from components.evaluate.selection import choose, choose_generator
 from components.gan.sampling import list_snapshots, snapshot_path
 
 NAN = math.nan
@@ -107,3 +110,19 @@ def test_select_last_keeps_the_final_model_without_selection(archive_dir, split_
     assert report["fid_curve"]["fid"][-1] == pytest.approx(metrics["fid"])  # the final point is the headline's
     assert "selection" not in report["timings"] or report["timings"]["selection"] < 1.0
     assert "eval.select_snapshot=last" in (out / "report.html").read_text()
+
+
+def test_without_a_usable_val_split_the_selection_scores_against_train_with_a_note(tmp_path):
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(40, 6))
+    # Two candidates: the first sampled like the real data, the second far off; both have 30 samples.
+    cand = Candidates(steps=[5, 10], paths=[tmp_path / "a", tmp_path / "b"])
+    cand.feats = [rng.normal(size=(30, 6)), rng.normal(size=(30, 6)) + 3.0]
+    cand.n_samples = 30
+    for val in (None, train[:1]):
+        section = {"notes": []}
+        assert choose_generator(cand, section, {"val": val, "train": train}) == tmp_path / "a"
+        assert section["real_split"] == "train" and section["n_real"] == 40 and section["selected_step"] == 5
+        assert "too few for an FID" in section["notes"][0]
+        # ... and the held-out real baseline is undefined rather than computed on one image
+        assert all(math.isnan(v) for v in holdout_metrics(train, val, {"bootstrap": 0}, seed=0).values())
