@@ -36,7 +36,7 @@ from components.archive import open_archive
 from components.config import Config
 from components.errors import ConfigError, DataError
 from components.evaluate.curve import candidate_features, fid_curve
-from components.evaluate.report import atomic_write_text, json_safe, pair_grid, png_base64, write_report
+from components.evaluate.report import HOLDOUT, atomic_write_text, json_safe, pair_grid, png_base64, write_report
 from components.evaluate.selection import choose_generator
 from components.metrics import METRICS, compute_metric
 from components.metrics.consistency import consistency_report, pair_statistics
@@ -144,7 +144,7 @@ def holdout_metrics(train: np.ndarray, val: np.ndarray | None, options: dict[str
         value = float("nan")
         if val is not None and len(val) >= 2:
             value = compute_metric(name, train, val, {**options, "bootstrap": 0}, seed)["value"]
-        out[f"holdout_{name}"] = value
+        out[HOLDOUT + name] = value
     return out
 
 
