@@ -26,6 +26,12 @@ def _bare(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)
 
 
+def by_class(x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` and ``labels`` reordered by label; stable, so the order within a class is kept."""
+    order = torch.argsort(labels, stable=True)
+    return x[order], labels[order]
+
+
 class PhasedLoss:
     """Adversarial loss (hinge or non-saturating logistic) with lazy R1 on real pairs.
 
@@ -44,6 +50,7 @@ class PhasedLoss:
         autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
         D_reg: nn.Module | None = None,
         mode_seeking: float = 0.0,
+        group_by_class: bool = False,
     ) -> None:
         if loss not in LOSSES:
             raise ConfigError(f"unknown train.loss {loss!r}; choose one of: {', '.join(LOSSES)}")
@@ -58,6 +65,7 @@ class PhasedLoss:
         self.augment = parse_policy(augment)
         self.autocast = autocast or contextlib.nullcontext
         self.mode_seeking = float(mode_seeking)
+        self.group_by_class = group_by_class
 
     def _run_D(
         self, D: nn.Module, pairs: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None
@@ -76,7 +84,17 @@ class PhasedLoss:
         gen_labels: torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Run one phase: compute its loss, call ``backward()``, return detached scalar statistics."""
+        """Run one phase: compute its loss, call ``backward()``, return detached scalar statistics.
+
+        With ``group_by_class`` the real and the generated samples are each ordered by class first: D's
+        minibatch-stddev groups consecutive samples, so a group then holds one class and its spread is the
+        within-class spread a class-collapsed generator lacks (mixed groups mostly measure the class differences).
+        The order changes nothing else: every loss is a mean over the batch.
+        """
+        if self.group_by_class:
+            if real is not None:  # Gmain has no real batch
+                real, real_labels = by_class(real, real_labels)
+            gen_z, gen_labels = by_class(gen_z, gen_labels)
         if phase == "Gmain":
             return self.g_main(gen_z, gen_labels, generator)
         if phase == "Dmain":

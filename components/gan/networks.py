@@ -141,7 +141,8 @@ def minibatch_stddev(x: torch.Tensor, group: int) -> torch.Tensor:
 
     Groups are *consecutive* samples (StyleGAN2's layer groups strided ones): the discriminator scores real and
     fake pairs in one batched call, reals first, so with a group size dividing the batch halves no group mixes
-    the two. A generator whose samples are all alike gives groups of near-zero spread, which real pairs never
+    the two; the loss orders each half by class, so a group holds one class (``PhasedLoss.group_by_class``). A
+    generator whose samples of a class are all alike gives groups of near-zero spread, which real pairs never
     have: the discriminator can see the collapse and the generator is pushed out of it. Computed in float32.
     """
     n, _, h, w = x.shape

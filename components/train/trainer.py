@@ -389,6 +389,7 @@ class Trainer:
             autocast,
             D_reg=self.D_train,
             mode_seeking=tc.mode_seeking,
+            group_by_class=tc.mbstd_group > 1,  # D's minibatch-stddev groups then hold one class each
         )
 
         self.step = 0

@@ -53,3 +53,30 @@ def test_mode_seeking_pushes_two_latents_of_a_class_apart():
         return (out[:4] - out[4:]).abs().mean().item()
 
     assert spread_after(1.0) > 1.5 * spread_after(0.0)
+
+
+class RecordingD(Discriminator):
+    """A discriminator that remembers the labels of every call."""
+
+    def forward(self, pair, labels):
+        self.seen = [*getattr(self, "seen", []), labels.tolist()]
+        return super().forward(pair, labels)
+
+
+def test_group_by_class_orders_each_half_by_class_and_leaves_the_losses_alone():
+    g = torch.Generator().manual_seed(5)
+    real, real_labels = torch.rand(6, 2, 32, 32, generator=g) * 2 - 1, torch.tensor([2, 0, 1, 0, 2, 1])
+    z, gen_labels = torch.randn(6, 16, generator=g), torch.tensor([1, 2, 0, 0, 1, 2])
+    stats = {}
+    for grouped in (False, True):
+        torch.manual_seed(0)
+        G, D = RecordingG(16, 3, 8, 32), RecordingD(3, channels=8, image_size=32)
+        loss = PhasedLoss(G, D, group_by_class=grouped)
+        stats[grouped] = {
+            **loss.accumulate_gradients("Dmain", real, real_labels, z, gen_labels),
+            **loss.accumulate_gradients("Gmain", None, None, z, gen_labels),
+        }
+        if grouped:  # Dmain: reals then fakes, each half sorted; Gmain: the fakes sorted
+            assert D.seen == [[0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2], [0, 0, 1, 1, 2, 2]]
+    for key, value in stats[False].items():  # without minibatch-stddev in D, the order is invisible to the loss
+        torch.testing.assert_close(stats[True][key], value, msg=key)
