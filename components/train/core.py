@@ -65,6 +65,7 @@ def train(
     check_train_config(cfg)  # fail here, not in N workers
     if cfg.train.launcher != "local":
         return _train_on_kubernetes(archive_dir, split_dir, out_dir, cfg, tracking)
+    cfg.train.per_process_batch(cfg.train.nproc, "train.nproc")  # likewise
     if cfg.train.nproc == 1:
         return train_rank(archive_dir, split_dir, out_dir, cfg, tracking)
     return _launch_torchrun(archive_dir, split_dir, out_dir, cfg, tracking)

@@ -86,11 +86,7 @@ def check_kubernetes_config(cfg: Config, *paths: str) -> None:
             raise ConfigError(f"train.{key} must be at least 1, got {getattr(tc, key)}")
     if tc.device == "cpu":
         raise ConfigError("train.device=cpu cannot run on the GPU nodes a Kubernetes launcher asks for")
-    if tc.batch_size % (tc.nodes * tc.gpus_per_node):
-        raise ConfigError(
-            f"train.batch_size={tc.batch_size} must be divisible by train.nodes x train.gpus_per_node "
-            f"= {tc.nodes * tc.gpus_per_node} processes"
-        )
+    tc.per_process_batch(tc.nodes * tc.gpus_per_node, "train.nodes x train.gpus_per_node")
     if tc.data_volume_claim:
         if not DNS1123_LABEL.match(tc.data_volume_claim):
             raise ConfigError(f"train.data_volume_claim must be a DNS-1123 name, got {tc.data_volume_claim!r}")

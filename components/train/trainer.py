@@ -317,18 +317,7 @@ class Trainer:
         self.tracker = tracker if tracker is not None and self.ctx.is_main else NullTracker()
         self.out_dir = Path(out_dir)
         check_train_config(cfg)
-        if tc.batch_size % self.ctx.world_size:
-            raise ConfigError(
-                f"train.batch_size={tc.batch_size} must be divisible by the {self.ctx.world_size} "
-                f"processes (train.nproc)"
-            )
-        self.batch = tc.batch_size // self.ctx.world_size
-        if tc.mbstd_group > 1 and self.batch % tc.mbstd_group:
-            # D scores reals and fakes in one call, reals first: a group not dividing the half would mix the two.
-            raise ConfigError(
-                f"train.mbstd_group={tc.mbstd_group} must divide the per-process batch ({self.batch} = "
-                f"train.batch_size {tc.batch_size} / {self.ctx.world_size} processes); choose a divisor or 0"
-            )
+        self.batch = tc.per_process_batch(self.ctx.world_size, "train.nproc")
         self._load_data(archive_dir, split_dir)
 
         torch.manual_seed(cfg.seed)  # identical initial weights (and spectral-norm vectors) on every rank

@@ -120,7 +120,8 @@ def test_job_names_are_dns1123_and_stable():
     ("override", "match"),
     [
         ("train.namespace=Bad_NS", "train.namespace"),
-        ("train.batch_size=30", "divisible"),
+        ("train.batch_size=30", "divisible by the 4 processes"),
+        ("train.batch_size=8", "train.mbstd_group=4 must divide the per-process batch"),
         ("train.gpus_per_node=0", "train.gpus_per_node"),
         ("train.image_pull_policy=sometimes", "train.image_pull_policy"),
         ("train.device=cpu", "train.device=cpu"),
