@@ -1,0 +1,101 @@
+"""GAN quality of a training variant against a baseline: headline FID, diversity and k-NN metrics over seeds.
+
+Both arms train the quickstart model on the same sample data (``medgan phantom``, ingested with a fixed patient-ID
+salt, so the split is the same every run) and are evaluated by the real evaluate stage (best-snapshot selection,
+FID/KID, precision/recall/density/coverage, ``diversity_ratio``); only the Dice part is shortened
+(``eval.seg_epochs=1``), since it does not enter the comparison. Training on CPU is deterministic, so a seed's
+figures repeat exactly on the same machine and torch build. GAN quality varies by tens of FID points between seeds:
+compare the arms seed by seed, over several seeds.
+
+    python bench/quality.py                                   # baseline train.mbstd_group=0 vs the default (4)
+    python bench/quality.py --seeds 0 --baseline train.mode_seeking=0 --variant train.mode_seeking=0.005
+
+Last line: ``quality: ratio=<mean variant FID / mean baseline FID> (...)``; below 1 means the variant is better.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from components.config import resolve  # noqa: E402
+from components.evaluate.core import evaluate  # noqa: E402
+from components.ingest.core import ingest  # noqa: E402
+from components.phantom import write_phantom  # noqa: E402
+from components.rebalance.core import rebalance  # noqa: E402
+from components.train.core import train  # noqa: E402
+
+SALT = "experiment-salt-0123456789abcdef"
+REPORTED = ("fid", "kid", "precision", "recall", "coverage", "diversity_ratio", "selected_step")
+
+
+def prepare(work: Path) -> tuple[Path, Path]:
+    """The sample data as the quickstart builds it: phantom DICOM -> archive -> patient-level split."""
+    cfg = resolve("quickstart")
+    write_phantom(work / "data")
+    ingest(work / "data", work / "archive", cfg, dataset_version={"tracked": False}, salt=SALT)
+    rebalance(work / "archive", work / "split", cfg)
+    return work / "archive", work / "split"
+
+
+def run_arm(archive: Path, split: Path, out: Path, overrides: list[str], seed: int) -> dict[str, float]:
+    """Train and evaluate one arm at one seed; the flat metrics plus the stage times."""
+    cfg = resolve("quickstart", [*overrides, f"seed={seed}", "eval.seg_epochs=1"])
+    clock = time.perf_counter()
+    train(archive, split, out / "model", cfg)
+    train_s = time.perf_counter() - clock
+    clock = time.perf_counter()
+    metrics = evaluate(archive, split, out / "model", out / "eval", cfg, cache_dir=out.parent / "cache")
+    report = json.loads((out / "eval" / "report.json").read_text())
+    return {
+        **{k: metrics.get(k) for k in REPORTED},
+        "curve": report["fid_curve"]["fid"],
+        "train_s": train_s,
+        "eval_s": time.perf_counter() - clock,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0,1,2", help="comma list of training seeds")
+    parser.add_argument("--baseline", action="append", default=None, help="override of the baseline arm (repeat)")
+    parser.add_argument("--variant", action="append", default=None, help="override of the variant arm (repeat)")
+    parser.add_argument("--work", default="", help="keep the data and models here (default: a temporary folder)")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    arms = {"baseline": args.baseline or ["train.mbstd_group=0"], "variant": args.variant or []}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work or tmp)
+        archive, split = prepare(work)
+        fids: dict[str, list[float]] = {name: [] for name in arms}
+        for seed in seeds:
+            for name, overrides in arms.items():
+                res = run_arm(archive, split, work / f"{name}_s{seed}", overrides, seed)
+                fids[name].append(res["fid"])
+                shown = " ".join(f"{k}={res[k]:.4g}" for k in REPORTED if res[k] is not None)
+                curve = "/".join(f"{v:.0f}" for v in res["curve"] if v is not None)
+                print(
+                    f"{name} {overrides or 'defaults'} seed={seed}: {shown} curve={curve} "
+                    f"(train {res['train_s']:.0f} s, eval {res['eval_s']:.0f} s)",
+                    flush=True,
+                )
+    base, var = float(np.mean(fids["baseline"])), float(np.mean(fids["variant"]))
+    per_seed = ", ".join(
+        f"s{s} {b:.1f}->{v:.1f}" for s, b, v in zip(seeds, fids["baseline"], fids["variant"], strict=True)
+    )
+    print(
+        f"quality: ratio={var / base:.3f} (headline FID, mean over seeds {args.seeds}: baseline {arms['baseline']} "
+        f"{base:.1f}, variant {arms['variant'] or 'defaults'} {var:.1f}; {per_seed})"
+    )
+
+
+if __name__ == "__main__":
+    main()
