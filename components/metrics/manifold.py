@@ -77,7 +77,7 @@ def _digest(*arrays: np.ndarray, extra: tuple = ()) -> str:
 def manifold_metrics(
     real: np.ndarray, fake: np.ndarray, k: int = 5, resamples: int = 0, seed: int = 0
 ) -> dict[str, dict[str, float]]:
-    """All four metrics with centred bootstrap intervals: ``{name: {"value", "ci_low", "ci_high"}}``.
+    """All four metrics with centred bootstrap intervals: ``{name: {"value", "ci_low", "ci_high"}}`` (a new dict).
 
     ``nan`` where a side has at most ``k`` distinct rows (no k-th neighbour).
     """
@@ -85,8 +85,14 @@ def manifold_metrics(
         raise ValueError(f"eval.manifold_k must be at least 1, got {k}")
     real, fake = np.asarray(real, dtype=np.float64), np.asarray(fake, dtype=np.float64)
     key = _digest(real, fake, extra=(k, resamples, seed))
-    if key in _cache:
-        return _cache[key]
+    if key not in _cache:
+        _cache.clear()
+        _cache[key] = _compute(real, fake, k, resamples, seed)
+    return {name: dict(res) for name, res in _cache[key].items()}  # callers may change theirs
+
+
+def _compute(real: np.ndarray, fake: np.ndarray, k: int, resamples: int, seed: int) -> dict[str, dict[str, float]]:
+    """:func:`manifold_metrics` without the cache."""
     rng = np.random.default_rng(seed)
     if len(real) > MAX_SAMPLES:
         real = real[np.sort(rng.choice(len(real), MAX_SAMPLES, replace=False))]
@@ -104,8 +110,6 @@ def manifold_metrics(
     for name in NAMES:
         low, high = centred_interval([d[name] for d in draws], point[name], resamples) if draws else (float("nan"),) * 2
         out[name] = {"value": point[name], "ci_low": low, "ci_high": high}
-    _cache.clear()
-    _cache[key] = out
     return out
 
 
@@ -113,7 +117,7 @@ def _registry_entry(name: str):
     def metric(
         real: np.ndarray, fake: np.ndarray, resamples: int = 0, seed: int = 0, manifold_k: int = 5, **_: object
     ) -> dict[str, float]:
-        return dict(manifold_metrics(real, fake, manifold_k, resamples, seed)[name])
+        return manifold_metrics(real, fake, manifold_k, resamples, seed)[name]
 
     metric.__name__ = f"{name}_metric"
     metric.__doc__ = f"Registry entry: k-NN {name} with a bootstrap confidence interval (see the module docstring)."

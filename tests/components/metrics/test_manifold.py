@@ -73,3 +73,6 @@ def test_registered_under_their_names_and_k_comes_from_the_eval_options():
         assert res["value"] == manifold_metrics(real, fake, 2)[name]["value"]
         res["value"] = -1.0  # callers get their own dict: the shared result is not changed
         assert compute_metric(name, real, fake, {"bootstrap": 0, "manifold_k": 2}, seed=0)["value"] != -1.0
+    direct = manifold_metrics(real, fake, 2)
+    direct["coverage"]["value"] = -1.0
+    assert manifold_metrics(real, fake, 2)["coverage"]["value"] != -1.0
