@@ -317,7 +317,8 @@ class Trainer:
         self.tracker = tracker if tracker is not None and self.ctx.is_main else NullTracker()
         self.out_dir = Path(out_dir)
         check_train_config(cfg)
-        self.batch = tc.per_process_batch(self.ctx.world_size, "train.nproc")
+        source = "train.nproc" if tc.launcher == "local" else "train.nodes x train.gpus_per_node"
+        self.batch = tc.per_process_batch(self.ctx.world_size, source)
         self._load_data(archive_dir, split_dir)
 
         torch.manual_seed(cfg.seed)  # identical initial weights (and spectral-norm vectors) on every rank
