@@ -86,6 +86,12 @@ class TrainConfig:
     z_dim: int = 64
     g_channels: int = 32
     d_channels: int = 32
+    # Architectures (components/gan/models.py): g_arch "film" (sub-pixel upsampling, FiLM class modulation) or
+    # "style" (mapping network, modulated convs, per-pixel noise, skip outputs, a full-resolution block); d_arch "sn"
+    # (spectrally normalised convs) or "residual" (residual blocks, R1 only). bench/RESULTS.md has their numbers.
+    g_arch: str = "film"
+    d_arch: str = "sn"
+    mapping_layers: int = 2  # fully connected layers of the style generator's mapping network
     lr_g: float = 2e-4
     lr_d: float = 4e-4  # two time-scale update rule: D learns faster than G
     beta1: float = 0.0

@@ -114,8 +114,9 @@ class PhasedLoss:
         half = gen_z.shape[0] // 2
         if self.mode_seeking > 0 and half > 0:  # the second half: the first half's classes with other latents
             gen_labels = torch.cat([gen_labels[:half], gen_labels[:half], gen_labels[2 * half :]])
+        noise = _bare(self.G).draw_noise(len(gen_z), generator, gen_z.device)
         with self.autocast():
-            fake = self.G(gen_z, gen_labels)
+            fake = self.G(gen_z, gen_labels, noise)
         logits = self._run_D(_bare(self.D), fake.float(), gen_labels, generator)
         loss = -logits.mean() if self.loss == "hinge" else F.softplus(-logits).mean()
         stats = {"loss_g": loss.detach()}  # the adversarial part: comparable with and without mode seeking
@@ -137,8 +138,9 @@ class PhasedLoss:
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
         """Discriminator phase: real pairs up, fakes (from the bare G, no grad) down, in one batched D call."""
+        noise = _bare(self.G).draw_noise(len(gen_z), generator, gen_z.device)
         with torch.no_grad(), self.autocast():
-            fake = _bare(self.G)(gen_z, gen_labels).float()
+            fake = _bare(self.G)(gen_z, gen_labels, noise).float()
         logits = self._run_D(self.D, torch.cat([real, fake]), torch.cat([real_labels, gen_labels]), generator)
         real_logits, fake_logits = logits[: real.shape[0]], logits[real.shape[0] :]
         if self.loss == "hinge":

@@ -81,7 +81,11 @@ class Generator(nn.Module):
     The class embedding is concatenated to ``z``; that vector feeds the input layer and also modulates (FiLM) every
     upsampling block, so neither the class nor the latent can be "forgotten" deep in the network (latent-driven
     modulation gave visibly more within-class diversity than class-only modulation in short quickstart runs).
+    Architecture ``film`` (``train.g_arch``); it has no noise inputs.
     """
+
+    arch = "film"
+    noise_sizes: tuple[int, ...] = ()
 
     def __init__(self, z_dim: int, n_classes: int, channels: int = 32, image_size: int = 64) -> None:
         super().__init__()
@@ -108,8 +112,14 @@ class Generator(nn.Module):
             "image_size": self.image_size,
         }
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Map latents ``z`` (N, z_dim) and class indices ``labels`` (N,) to pairs (N, 2, S, S)."""
+    def draw_noise(
+        self, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+    ) -> list[torch.Tensor]:
+        """No noise inputs: an empty list (and no random draw), so the interface matches the style generator's."""
+        return []
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Map latents ``z`` (N, z_dim) and class indices ``labels`` (N,) to pairs (N, 2, S, S); ``noise`` is unused."""
         e = self.embed(labels)
         cond = torch.cat([z, e], dim=1)
         x = self.fc(cond).view(z.shape[0], -1, 4, 4)
@@ -161,7 +171,10 @@ class Discriminator(nn.Module):
     projection term ``<embed(y), phi(x)>``, which is what makes the logit depend on the label. With
     ``mbstd_group`` > 1 the 4x4 features get a minibatch-stddev map (:func:`minibatch_stddev`) before the last
     conv, as in ProGAN/StyleGAN2, against mode collapse; the logits then depend on the rest of the group.
+    Architecture ``sn`` (``train.d_arch``).
     """
+
+    arch = "sn"
 
     def __init__(self, n_classes: int, channels: int = 32, image_size: int = 64, mbstd_group: int = 0) -> None:
         super().__init__()

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from components.errors import DataError
-from components.gan.networks import Generator
+from components.gan.models import build_generator
 
 GENERATOR_FILE = "generator.pt"
 GENERATOR_FORMAT = 1
@@ -30,7 +30,7 @@ GRID_PAD = 2  # pixels between cells, and between the image and the mask of one 
 def load_generator(
     model_dir_or_file: str | os.PathLike[str],
     device: str | torch.device = "cpu",
-) -> tuple[Generator, dict[str, Any]]:
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the generator stored in ``generator.pt`` (or a folder holding it), in eval mode on ``device``.
 
     Returns ``(generator, meta)``; ``meta`` has at least ``classes``, ``kwargs`` (constructor arguments) and
@@ -47,7 +47,7 @@ def load_generator(
         raise DataError(f"{path}: not a readable generator file ({exc})") from exc
     if not isinstance(blob, dict) or blob.get("format") != GENERATOR_FORMAT or "state_dict" not in blob:
         raise DataError(f"{path}: not a medgan generator file (format {GENERATOR_FORMAT} expected)")
-    generator = Generator(**blob["kwargs"])
+    generator = build_generator(blob["kwargs"])
     generator.load_state_dict(blob["state_dict"])
     generator.to(device).eval().requires_grad_(False)
     meta = {key: value for key, value in blob.items() if key != "state_dict"}
@@ -77,7 +77,9 @@ def generate(
 
     Returns ``images`` float32 (N, S, S) in [-1, 1] and ``masks`` uint8 (N, S, S) in {0, 1} (probability > 0.5).
     The latent codes come from a CPU generator seeded with ``seed`` and are drawn for the whole request at once,
-    so the output depends only on ``seed`` and ``labels``, not on ``batch_size`` or the device.
+    so the output depends only on ``seed`` and ``labels``, not on ``batch_size`` or the device. A generator with
+    noise inputs gets each sample's noise maps from a seed of its own drawn after the latents (drawing every map of
+    a large request at once would hold them all in memory).
     """
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     size = int(generator.image_size)
@@ -87,13 +89,20 @@ def generate(
     device = next(generator.parameters()).device
     was_training = generator.training
     generator.eval()
-    z = torch.randn(len(labels), int(generator.z_dim), generator=torch.Generator().manual_seed(int(seed)))
+    rng = torch.Generator().manual_seed(int(seed))
+    z = torch.randn(len(labels), int(generator.z_dim), generator=rng)
+    noisy = len(getattr(generator, "noise_sizes", ())) > 0
+    noise_seeds = torch.randint(0, 2**62, (len(labels),), generator=rng).tolist() if noisy else []
     images = np.empty((len(labels), size, size), np.float32)
     masks = np.empty((len(labels), size, size), np.uint8)
     for start in range(0, len(labels), max(int(batch_size), 1)):
         stop = start + max(int(batch_size), 1)
         y = torch.from_numpy(labels[start:stop]).to(device)
-        pair = generator(z[start:stop].to(device), y).float().cpu()
+        noise = None
+        if noisy:
+            maps = [generator.draw_noise(1, torch.Generator().manual_seed(s), device) for s in noise_seeds[start:stop]]
+            noise = [torch.cat(layer) for layer in zip(*maps, strict=True)]
+        pair = generator(z[start:stop].to(device), y, noise).float().cpu()
         images[start:stop] = pair[:, 0].clamp(-1, 1).numpy()
         masks[start:stop] = (pair[:, 1] > MASK_THRESHOLD).numpy()
     generator.train(was_training)

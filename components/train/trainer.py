@@ -48,7 +48,14 @@ from components.archive import open_archive
 from components.config import Config
 from components.errors import ConfigError, DataError, TrainingError
 from components.gan.loss import PhasedLoss
-from components.gan.networks import Discriminator, Generator
+from components.gan.models import (
+    DISCRIMINATORS,
+    GENERATORS,
+    build_discriminator,
+    build_generator,
+    discriminator_kwargs,
+    generator_kwargs,
+)
 from components.gan.sampling import (
     GENERATOR_FILE,
     GENERATOR_FORMAT,
@@ -239,6 +246,11 @@ def check_train_config(cfg: Config) -> None:
             raise ConfigError(f"train.{key} must not be negative, got {getattr(tc, key)}")
     if tc.launcher not in LAUNCHERS:
         raise ConfigError(f"train.launcher must be one of {', '.join(LAUNCHERS)}, got {tc.launcher!r}")
+    for key, known in (("g_arch", GENERATORS), ("d_arch", DISCRIMINATORS)):
+        if getattr(tc, key) not in known:
+            raise ConfigError(f"train.{key} must be one of {', '.join(known)}, got {getattr(tc, key)!r}")
+    if tc.mapping_layers < 1:
+        raise ConfigError(f"train.mapping_layers must be at least 1, got {tc.mapping_layers}")
     if tc.precision not in PRECISIONS:
         raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {tc.precision!r}")
 
@@ -322,8 +334,9 @@ class Trainer:
         self._load_data(archive_dir, split_dir)
 
         torch.manual_seed(cfg.seed)  # identical initial weights (and spectral-norm vectors) on every rank
-        self.G = Generator(tc.z_dim, len(self.classes), tc.g_channels, self.image_size).to(self.device)
-        self.D = Discriminator(len(self.classes), tc.d_channels, self.image_size, tc.mbstd_group).to(self.device)
+        n_classes = len(self.classes)
+        self.G = build_generator(generator_kwargs(tc, n_classes, self.image_size)).to(self.device)
+        self.D = build_discriminator(discriminator_kwargs(tc, n_classes, self.image_size)).to(self.device)
         cuda = self.device.type == "cuda"
         nhwc = (cuda and tc.channels_last) or CHANNELS_LAST_ON_CPU
         self.memory_format = torch.channels_last if nhwc else torch.contiguous_format

@@ -9,9 +9,9 @@ from components.gan.networks import Discriminator, Generator
 class RecordingG(Generator):
     """A generator that remembers the labels of its last batch."""
 
-    def forward(self, z, labels):
+    def forward(self, z, labels, noise=None):
         self.seen = labels.clone()
-        return super().forward(z, labels)
+        return super().forward(z, labels, noise)
 
 
 def _nets(seed=0):
