@@ -9,13 +9,21 @@ compare the arms seed by seed, over several seeds.
 
     python bench/quality.py                                   # baseline train.mbstd_group=0 vs the default (4)
     python bench/quality.py --seeds 0 --baseline train.mode_seeking=0 --variant train.mode_seeking=0.005
+    python bench/quality.py --preset quickstart-long ...      # the longer CPU budget (~30 min of training per arm)
 
 Last line: ``quality: ratio=<mean variant FID / mean baseline FID> (...)``; below 1 means the variant is better.
+
+With ``--results FILE`` every finished arm and seed is appended to FILE (JSON lines) under a key of the preset, the
+overrides, the seed, the torch thread count and a hash of the project's code (``components/``), and an arm already
+in FILE under the same key is read back instead of trained again. A long comparison can so be resumed, or split
+into one process per seed that share the two cores (``--threads 1``) and a last call that only reads the results.
+A seed's figures depend on the thread count (summation order), so compare arms run with the same ``--threads``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
@@ -23,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -37,18 +46,45 @@ SALT = "experiment-salt-0123456789abcdef"
 REPORTED = ("fid", "kid", "precision", "recall", "coverage", "diversity_ratio", "selected_step")
 
 
-def prepare(work: Path) -> tuple[Path, Path]:
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def code_hash() -> str:
+    """SHA-256 over the project's stage code, so cached results are reused only for the code that made them."""
+    h = hashlib.sha256()
+    for path in sorted((ROOT / "components").rglob("*.py")):
+        h.update(path.relative_to(ROOT).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def result_key(preset: str, overrides: list[str], seed: int) -> str:
+    """What a cached arm result must match: preset, overrides, seed, threads and code."""
+    return json.dumps([preset, sorted(overrides), seed, torch.get_num_threads(), code_hash()])
+
+
+def read_results(path: Path | None) -> dict[str, dict]:
+    """The cached arm results of ``path`` by :func:`result_key` (empty without a file)."""
+    if path is None or not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {row["key"]: row["result"] for row in rows}
+
+
+def prepare(work: Path, preset: str = "quickstart") -> tuple[Path, Path]:
     """The sample data as the quickstart builds it: phantom DICOM -> archive -> patient-level split."""
-    cfg = resolve("quickstart")
+    cfg = resolve(preset)
     write_phantom(work / "data")
     ingest(work / "data", work / "archive", cfg, dataset_version={"tracked": False}, salt=SALT)
     rebalance(work / "archive", work / "split", cfg)
     return work / "archive", work / "split"
 
 
-def run_arm(archive: Path, split: Path, out: Path, overrides: list[str], seed: int) -> dict[str, float]:
+def run_arm(
+    archive: Path, split: Path, out: Path, overrides: list[str], seed: int, preset: str = "quickstart"
+) -> dict[str, float]:
     """Train and evaluate one arm at one seed; the flat metrics plus the stage times."""
-    cfg = resolve("quickstart", [*overrides, f"seed={seed}", "eval.seg_epochs=1"])
+    cfg = resolve(preset, [*overrides, f"seed={seed}", "eval.seg_epochs=1"])
     clock = time.perf_counter()
     train(archive, split, out / "model", cfg)
     train_s = time.perf_counter() - clock
@@ -66,19 +102,34 @@ def run_arm(archive: Path, split: Path, out: Path, overrides: list[str], seed: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2", help="comma list of training seeds")
+    parser.add_argument("--preset", default="quickstart", help="config preset of both arms (e.g. quickstart-long)")
     parser.add_argument("--baseline", action="append", default=None, help="override of the baseline arm (repeat)")
     parser.add_argument("--variant", action="append", default=None, help="override of the variant arm (repeat)")
     parser.add_argument("--work", default="", help="keep the data and models here (default: a temporary folder)")
+    parser.add_argument("--results", default="", help="JSON-lines file of finished arms, read back and appended to")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    results_file = Path(args.results) if args.results else None
     seeds = [int(s) for s in args.seeds.split(",")]
     arms = {"baseline": args.baseline or ["train.mbstd_group=0"], "variant": args.variant or []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
-        archive, split = prepare(work)
+        cached = read_results(results_file)
+        keys = {(n, seed): result_key(args.preset, o, seed) for n, o in arms.items() for seed in seeds}
+        data = None if all(k in cached for k in keys.values()) else prepare(work, args.preset)
         fids: dict[str, list[float]] = {name: [] for name in arms}
         for seed in seeds:
             for name, overrides in arms.items():
-                res = run_arm(archive, split, work / f"{name}_s{seed}", overrides, seed)
+                key = keys[(name, seed)]
+                if key in cached:
+                    res = cached[key]
+                else:
+                    res = run_arm(*data, work / f"{name}_s{seed}", overrides, seed, args.preset)
+                    if results_file is not None:
+                        with open(results_file, "a") as f:
+                            f.write(json.dumps({"key": key, "result": res}) + "\n")
                 fids[name].append(res["fid"])
                 shown = " ".join(f"{k}={res[k]:.4g}" for k in REPORTED if res[k] is not None)
                 curve = "/".join(f"{v:.0f}" for v in res["curve"] if v is not None)
@@ -92,7 +143,8 @@ def main() -> None:
         f"s{s} {b:.1f}->{v:.1f}" for s, b, v in zip(seeds, fids["baseline"], fids["variant"], strict=True)
     )
     print(
-        f"quality: ratio={var / base:.3f} (headline FID, mean over seeds {args.seeds}: baseline {arms['baseline']} "
+        f"quality: ratio={var / base:.3f} ({args.preset}, headline FID, mean over seeds {args.seeds}: "
+        f"baseline {arms['baseline']} "
         f"{base:.1f}, variant {arms['variant'] or 'defaults'} {var:.1f}; {per_seed})"
     )
 
