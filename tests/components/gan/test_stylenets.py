@@ -111,3 +111,19 @@ def test_loss_phases_draw_the_noise_from_the_step_generator():
 
     torch.testing.assert_close(d_grads(3), d_grads(3))  # a step is a pure function of its generator
     assert not torch.allclose(d_grads(3), d_grads(4))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.g_arch=gan9000", "train.g_arch must be one of film, style"),
+        ("train.d_arch=x", "train.d_arch"),
+        ("train.mapping_layers=0", "train.mapping_layers"),
+    ],
+)
+def test_architecture_settings_are_checked_before_training(override, message):
+    from components.config import resolve
+    from components.train.trainer import check_train_config
+
+    with pytest.raises(ConfigError, match=message):
+        check_train_config(resolve("tiny", [override]))
