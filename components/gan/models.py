@@ -61,6 +61,8 @@ def discriminator_kwargs(train_cfg: Any, n_classes: int, image_size: int) -> dic
         "image_size": image_size,
         "mbstd_group": train_cfg.mbstd_group,
     }
+    if train_cfg.mbstd_mask and train_cfg.mbstd_group > 1:  # absent when off: older checkpoints still resume
+        kwargs["mbstd_mask"] = True
     if train_cfg.d_arch != LEGACY_D:
         kwargs["arch"] = train_cfg.d_arch
     return kwargs

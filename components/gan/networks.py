@@ -163,6 +163,22 @@ def minibatch_stddev(x: torch.Tensor, group: int) -> torch.Tensor:
     return torch.cat([x, y.to(x.dtype)], dim=1)
 
 
+def mask_stddev(mask: torch.Tensor, group: int, size: int = 4) -> torch.Tensor:
+    """Where in the image the masks of a group differ: ``(N, 1, size, size)``, the same map for a group's members.
+
+    The mask channel (N, 1, S, S) is area-pooled to ``size`` x ``size`` cells and each cell's standard deviation
+    across the group (consecutive samples, as :func:`minibatch_stddev`; one class) is returned. Real lesions of a
+    class sit in different places in different patients; a generator that plants every lesion of a class in the same
+    place (the quickstart GAN did: synthetic centroid spread 2-3 % of the real one) gives a map of zeros, which the
+    feature-wide minibatch-stddev, averaged over all features and pixels, barely registers. Computed in float32.
+    """
+    n = mask.shape[0]
+    g = group_size(n, group)
+    cells = F.adaptive_avg_pool2d(mask.float(), size).reshape(n // g, g, 1, size, size)
+    spread = (cells.var(dim=1, unbiased=False) + 1e-8).sqrt()
+    return spread.repeat_interleave(g, dim=0).to(mask.dtype)
+
+
 class Discriminator(nn.Module):
     """Projection discriminator (Miyato & Koyama 2018) with spectral norm on every layer.
 
@@ -170,13 +186,21 @@ class Discriminator(nn.Module):
     from [0, 1] to [-1, 1] inside so both channels enter on the same scale. The class enters only through the
     projection term ``<embed(y), phi(x)>``, which is what makes the logit depend on the label. With
     ``mbstd_group`` > 1 the 4x4 features get a minibatch-stddev map (:func:`minibatch_stddev`) before the last
-    conv, as in ProGAN/StyleGAN2, against mode collapse; the logits then depend on the rest of the group.
-    Architecture ``sn`` (``train.d_arch``).
+    conv, as in ProGAN/StyleGAN2, against mode collapse; the logits then depend on the rest of the group. With
+    ``mbstd_mask`` as well, a second map says where the group's masks differ (:func:`mask_stddev`), against lesions
+    that all sit in one place. Architecture ``sn`` (``train.d_arch``).
     """
 
     arch = "sn"
 
-    def __init__(self, n_classes: int, channels: int = 32, image_size: int = 64, mbstd_group: int = 0) -> None:
+    def __init__(
+        self,
+        n_classes: int,
+        channels: int = 32,
+        image_size: int = 64,
+        mbstd_group: int = 0,
+        mbstd_mask: bool = False,
+    ) -> None:
         super().__init__()
         log2 = check_image_size(image_size)
         if n_classes < 1 or channels < 1 or mbstd_group < 0:
@@ -186,11 +210,12 @@ class Discriminator(nn.Module):
             )
         self.n_classes, self.channels, self.image_size = n_classes, channels, image_size
         self.mbstd_group = mbstd_group if mbstd_group > 1 else 0
+        self.mbstd_mask = bool(mbstd_mask and self.mbstd_group)
         # Like the generator, nothing wide runs at full resolution: the first conv reads the pair with stride 2.
         width = [channel_width(channels, image_size, 2**k) for k in range(log2 - 1, 1, -1)]
         self.from_pair = spectral_norm(nn.Conv2d(2, width[0], 4, stride=2, padding=1))
         self.blocks = nn.Sequential(*(_DownBlock(width[i], width[i + 1]) for i in range(len(width) - 1)))
-        extra = 1 if self.mbstd_group else 0
+        extra = (1 if self.mbstd_group else 0) + (1 if self.mbstd_mask else 0)
         self.final = spectral_norm(nn.Conv2d(width[-1] + extra, width[-1], 3, padding=1))
         self.linear = spectral_norm(nn.Linear(width[-1], 1))
         self.embed = spectral_norm(nn.Embedding(n_classes, width[-1]))
@@ -200,6 +225,8 @@ class Discriminator(nn.Module):
         kwargs = {"n_classes": self.n_classes, "channels": self.channels, "image_size": self.image_size}
         if self.mbstd_group:  # absent when off, so checkpoints written before the option still resume
             kwargs["mbstd_group"] = self.mbstd_group
+        if self.mbstd_mask:
+            kwargs["mbstd_mask"] = True
         return kwargs
 
     def forward(self, pair: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -209,6 +236,8 @@ class Discriminator(nn.Module):
         x = self.blocks(x)
         if self.mbstd_group:
             x = minibatch_stddev(x, self.mbstd_group)
+        if self.mbstd_mask:
+            x = torch.cat([x, mask_stddev(pair[:, 1:], self.mbstd_group, x.shape[-1])], dim=1)
         x = F.leaky_relu(self.final(x), LRELU_SLOPE)
         h = x.sum(dim=(2, 3))  # sum pooling, as in SNGAN/BigGAN projection discriminators
         return self.linear(h).squeeze(1) + (self.embed(labels) * h).sum(dim=1)

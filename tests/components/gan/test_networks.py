@@ -133,3 +133,41 @@ def test_discriminator_with_minibatch_stddev_sees_its_group_only():
     torch.testing.assert_close(changed[2:], base[2:])  # ... the other group's do not
     with pytest.raises(ValueError, match="mbstd_group"):
         Discriminator(3, 8, 32, mbstd_group=-1)
+
+
+def test_mask_stddev_is_zero_for_lesions_in_one_place_and_marks_where_they_differ():
+    from components.gan.networks import mask_stddev
+
+    masks = torch.zeros(4, 1, 32, 32)
+    masks[:, :, 2:6, 2:6] = 1  # a group whose lesions all sit in the top-left cell
+    assert mask_stddev(masks, 4).max() < 1e-3
+    masks[1] = 0
+    masks[1, :, 20:24, 20:24] = 1  # one member's lesion elsewhere
+    spread = mask_stddev(masks, 4)
+    assert spread.shape == (4, 1, 4, 4) and torch.equal(spread[0], spread[3])  # one map for the whole group
+    assert spread[0, 0, 0, 0] > 0.05 and spread[0, 0, 2, 2] > 0.05  # both places, nowhere else
+    assert spread[0, 0, 1, 1] < 1e-3
+
+
+@pytest.mark.parametrize("arch", ["sn", "residual"])
+def test_discriminator_mask_spread_map_reaches_the_logits(arch):
+    from components.gan.models import build_discriminator
+
+    torch.manual_seed(0)
+    kwargs = {"n_classes": 3, "channels": 8, "image_size": 32, "mbstd_group": 2, "mbstd_mask": True}
+    D = build_discriminator(kwargs if arch == "sn" else {**kwargs, "arch": arch}).eval()
+    assert D.init_kwargs()["mbstd_mask"] is True
+    seen = []
+    D.final.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0][:, -1].clone()))
+    pair = torch.zeros(4, 2, 32, 32)
+    pair[:, 1, 2:6, 2:6] = 1
+    labels = torch.tensor([1, 1, 2, 2])
+    D(pair, labels)
+    moved = pair.clone()
+    moved[1, 1] = 0
+    moved[1, 1, 20:24, 20:24] = 1
+    D(moved, labels)
+    # The last input map of the final conv is the mask spread: zero while the lesions share a place, then non-zero
+    # for the group whose member moved, and still zero for the other group.
+    assert seen[0].abs().max() < 1e-3
+    assert seen[1][:2].max() > 0.05 and seen[1][2:].abs().max() < 1e-3
