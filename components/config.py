@@ -79,7 +79,11 @@ class SplitConfig:
 
 @dataclass
 class TrainConfig:
-    """Class-conditional GAN and its stabilisers."""
+    """Class-conditional GAN and its stabilisers.
+
+    Resuming a checkpoint whose settings differ is refused for every key that changes the training trajectory: all
+    keys except those in ``components.train.trainer.RESUME_SAFE_TRAIN_KEYS`` (add a new key there if it may change).
+    """
 
     steps: int = 1000
     batch_size: int = 32
@@ -105,6 +109,9 @@ class TrainConfig:
     # Minibatch-stddev group size in D (ProGAN/StyleGAN2; groups of one class), against mode collapse; 0 or 1 = off.
     # The per-process batch (batch_size / processes) must be a multiple of it. Quickstart, 3 seeds: FID 189 vs 208.
     mbstd_group: int = 4
+    # Target decay of the generator's EMA. It is warmed up as min(ema_decay, (1 + step) / (10 + step)) so that a short
+    # run's EMA is not dominated by the random initialisation: the 1000-step quickstart ends at 0.991 (half-life
+    # ~77 steps, 0.999's is 693); ema_decay itself applies from step 8990 on. Logged as train/ema_beta.
     ema_decay: float = 0.999
     diffaugment: str = "translation,cutout"  # comma list of: color, translation, cutout; empty for none
     nproc: int = 1  # processes for torchrun --standalone (DDP)
@@ -113,6 +120,9 @@ class TrainConfig:
     channels_last: bool = True  # NHWC activations on CUDA (tensor-core friendly); CPU stays NCHW
     compile: bool = False  # torch.compile the G/D forwards; R1's double backward stays eager
     checkpoint_every: int = 200
+    # Checkpoints kept besides checkpoint.pt (checkpoints/step-NNNNNN.pt, the newest included): resume falls back to
+    # them when checkpoint.pt is unreadable, and a rollback target saved outside a D-collapse streak comes from them.
+    keep_checkpoints: int = 3
     log_every: int = 25
     sample_every: int = 200
     # EMA-generator snapshots kept at this many evenly spaced steps (the last at train.steps) for the evaluate

@@ -277,8 +277,8 @@ def evaluate(
     flat metrics (``None`` where a value is undefined).
     """
     # heavy, and not needed to import this module
+    from components.fsio import atomic_write
     from components.gan.sampling import GENERATOR_FILE, generate, load_generator
-    from components.train.trainer import atomic_write
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()

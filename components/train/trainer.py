@@ -5,9 +5,12 @@ the trainer runs as a single process. Every rank computes, rank 0 alone writes (
 tracking). A step is a pure function of the checkpointed state and ``(seed, rank, step)``: batches, latents and
 augmentations all come from a per-step ``torch.Generator``, so resuming from a checkpoint continues bit-for-bit.
 
-Outputs in ``out_dir`` (all written atomically)::
+Outputs in ``out_dir`` (all written atomically and fsynced, :func:`components.fsio.atomic_write`)::
 
     checkpoint.pt           G, D, G_ema, both optimisers, step, RNG states, config (every checkpoint_every steps)
+    checkpoints/            the last train.keep_checkpoints checkpoints as step-NNNNNN.pt (hard links of, or copies
+                            of, checkpoint.pt): resume falls back to them when checkpoint.pt is unreadable, and the
+                            rollback target comes from them when checkpoint.pt was saved inside a D-collapse streak
     generator.pt            EMA generator weights + constructor kwargs + classes (what sampling loads)
     training_options.json   the resolved config
     losses.csv              per-step losses and step times
@@ -28,6 +31,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 import warnings
@@ -47,6 +51,7 @@ from tqdm import tqdm
 from components.archive import open_archive
 from components.config import Config
 from components.errors import ConfigError, DataError, TrainingError
+from components.fsio import atomic_write
 from components.gan.loss import PhasedLoss
 from components.gan.models import (
     DISCRIMINATORS,
@@ -68,7 +73,43 @@ from components.rebalance.core import load_split
 from components.tracking import NullTracker, Tracker
 
 CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_DIR = "checkpoints"  # the kept step checkpoints, step-NNNNNN.pt
 CHECKPOINT_FORMAT = 1
+# train.* keys that may differ between a checkpoint and the run resuming it: where and how fast it runs, how often it
+# writes and logs, how long it runs, the guards. Every other train.* key (a new one too, unless it is added here) and
+# RESUME_COMPARED_KEYS must be equal, as they change what the steps compute (nproc, precision, channels_last and
+# compile change the numerics too, but resuming on other hardware is what they are for).
+RESUME_SAFE_TRAIN_KEYS = frozenset(
+    {
+        "steps",
+        "checkpoint_every",
+        "log_every",
+        "sample_every",
+        "fid_snapshots",
+        "keep_checkpoints",
+        "max_rollbacks",
+        "guard_grad_norm",
+        "guard_margin",
+        "guard_d_accuracy",
+        "guard_patience",
+        "nproc",
+        "device",
+        "precision",
+        "channels_last",
+        "compile",
+        "prefetch",
+        "launcher",
+        "nodes",
+        "gpus_per_node",
+        "namespace",
+        "service_account",
+        "image_pull_policy",
+        "data_volume_claim",
+        "data_mount_path",
+        "job_timeout_s",
+    }
+)
+RESUME_COMPARED_KEYS = ("seed", "data.image_size", "data.classes")  # outside train.*
 OPTIONS_FILE = "training_options.json"
 LOSSES_FILE = "losses.csv"
 GRID_FILE = "samples.png"
@@ -152,16 +193,6 @@ def step_generator(seed: int, rank: int, step: int, salt: int = 0) -> torch.Gene
     return torch.Generator().manual_seed(state)
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via a temporary sibling and ``os.replace`` so readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     # Contiguous CPU copies: independent of the device and memory format the module trains in.
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
@@ -204,6 +235,82 @@ def snapshot_steps(steps: int, count: int) -> list[int]:
     return sorted({max(1, steps * k // count) for k in range(1, count + 1)}) if count > 0 else []
 
 
+def ema_beta(decay: float, step: int) -> float:
+    """The EMA decay used at (0-based) step ``step``: ``train.ema_decay``, warmed up as ``(1 + step) / (10 + step)``.
+
+    The warm-up (as TF's ExponentialMovingAverage with ``num_updates``) keeps a short run's EMA from being dominated
+    by the random initialisation: a fixed 0.999 would still weigh the initial weights by 0.999**600 = 55 % after 600
+    steps. It is not short: the effective decay reaches 0.999 only at step 8990, so the 1000-step quickstart ends at
+    0.991, an EMA half-life of ln(0.5) / ln(beta) = 77 steps instead of 0.999's 693. Logged as ``train/ema_beta``.
+    """
+    return min(decay, (1 + step) / (10 + step))
+
+
+def checkpoint_path(out_dir: str | os.PathLike[str], step: int) -> Path:
+    """Where the kept checkpoint of ``step`` lives."""
+    return Path(out_dir) / CHECKPOINT_DIR / f"step-{step:06d}.pt"
+
+
+def list_checkpoints(out_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """The kept step checkpoints in ``out_dir`` as ``(step, path)``, newest first."""
+    folder = Path(out_dir) / CHECKPOINT_DIR
+    found = []
+    for path in folder.glob("step-*.pt") if folder.is_dir() else []:
+        digits = path.stem.removeprefix("step-")
+        if digits.isdigit():
+            found.append((int(digits), path))
+    return sorted(found, reverse=True)
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated/foreign file: name it instead of surfacing the unpickler's message
+        raise TrainingError(f"{path}: unreadable checkpoint ({exc})") from exc
+    if not isinstance(state, dict):
+        raise TrainingError(f"{path}: unreadable checkpoint (a {type(state).__name__}, not a training state)")
+    return state
+
+
+def _is_rollback_target(state: dict[str, Any]) -> bool:
+    # Checkpoints written before the flag existed: outside a D-collapse streak is what makes a state a target.
+    return bool(state.get("rollback_target", int(state.get("collapse_streak", 0)) == 0))
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    """``dest`` as a hard link of ``src`` (no second copy on disk), or a copy where the file system has no links."""
+    dest.unlink(missing_ok=True)  # a temporary file a killed process left behind
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
+def trajectory_changes(saved_config: str, cfg: Config) -> dict[str, tuple[Any, Any]]:
+    """``{key: (saved, now)}`` for the settings that change the training trajectory and differ from the checkpoint's.
+
+    Compared: :data:`RESUME_COMPARED_KEYS` and every ``train.*`` key outside :data:`RESUME_SAFE_TRAIN_KEYS`. A key
+    the checkpoint's config lacks (added to the code after it was written) counts with its default value.
+    """
+    defaults = Config().flat()
+    saved = {**defaults, **_flatten(json.loads(saved_config))}
+    now = cfg.flat()
+    keys = [
+        k for k in now if k in RESUME_COMPARED_KEYS or (k.startswith("train.") and k[6:] not in RESUME_SAFE_TRAIN_KEYS)
+    ]
+    return {k: (saved.get(k), now[k]) for k in keys if saved.get(k) != now[k]}
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
 def check_train_config(cfg: Config) -> None:
     """Reject settings the loop cannot run with, naming the key."""
     tc = cfg.train
@@ -222,6 +329,7 @@ def check_train_config(cfg: Config) -> None:
         "nodes",
         "gpus_per_node",
         "job_timeout_s",
+        "keep_checkpoints",
     ):
         if getattr(tc, key) < 1:
             raise ConfigError(f"train.{key} must be at least 1, got {getattr(tc, key)}")
@@ -309,8 +417,8 @@ class Trainer:
     ``fit()`` resumes automatically from ``out_dir/checkpoint.pt`` when present, runs to ``cfg.train.steps`` and
     returns a summary. A non-finite loss, exploding gradients (``train.guard_grad_norm``) or a collapsed discriminator
     (``train.guard_margin`` / ``train.guard_d_accuracy`` for ``train.guard_patience`` steps) roll the state back to
-    the last good checkpoint with halved learning rates; the divergence after ``train.max_rollbacks`` rollbacks
-    raises :class:`TrainingError`.
+    the last checkpoint saved outside a D-collapse streak, with halved learning rates; the divergence after
+    ``train.max_rollbacks`` rollbacks raises :class:`TrainingError`.
     """
 
     def __init__(
@@ -402,7 +510,8 @@ class Trainer:
         self.records: list[dict[str, float]] = []
         self.logged_grid_steps: set[int] = set()
         self.snapshot_at = set(snapshot_steps(tc.steps, tc.fid_snapshots))
-        self._good: dict[str, Any] | None = None
+        self._good: dict[str, Any] | None = None  # the rollback target (saved outside a D-collapse streak)
+        self.resumed_from: Path | None = None
         self._prefetcher: BatchPrefetcher | None = None
 
     # -------------------------------------------------------------------------------------------------- data
@@ -548,9 +657,8 @@ class Trainer:
 
     @torch.no_grad()
     def _update_ema(self, step: int) -> None:
-        # Warm-up (as in TF's ExponentialMovingAverage with num_updates): a 0.999 decay from the first step would
-        # leave a 600-step run's EMA weights half at their random initialisation.
-        beta = min(self.cfg.train.ema_decay, (1 + step) / (10 + step))
+        """G_ema <- beta * G_ema + (1 - beta) * G with the warmed-up decay of :func:`ema_beta` (not ema_decay as is)."""
+        beta = ema_beta(self.cfg.train.ema_decay, step)
         ema = list(self.G_ema.parameters())
         torch._foreach_lerp_(ema, [p.detach() for p in self.G.parameters()], 1 - beta)
         for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
@@ -564,6 +672,8 @@ class Trainer:
             "step": self.step,
             "rollbacks": self.rollbacks,
             "collapse_streak": self.collapse_streak,
+            # A divergence guard may roll back to this state only if it was saved outside a D-collapse streak.
+            "rollback_target": self.collapse_streak == 0,
             "G": _cpu_state(self.G),
             "D": _cpu_state(self.D),
             "G_ema": _cpu_state(self.G_ema),
@@ -590,21 +700,95 @@ class Trainer:
         self.collapse_streak = int(state.get("collapse_streak", 0))
 
     def _save_checkpoint(self) -> None:
-        """Snapshot the state in memory (every rank: the rollback target) and on disk (rank 0, atomically)."""
+        """Save the state on disk (rank 0) and, outside a D-collapse streak, as the in-memory rollback target.
+
+        A state saved while the collapse guard counts a streak is written for resume but never becomes the rollback
+        target: rolling back into the streak would only repeat it.
+        """
         state = self._state()
-        self._good = state
+        if state["rollback_target"]:
+            self._good = state
         if self.ctx.is_main:
-            atomic_write(self.out_dir / CHECKPOINT_FILE, lambda p: torch.save(state, p))
+            self._write_checkpoint(state)
             self._write_losses()
 
+    def _write_checkpoint(self, state: dict[str, Any]) -> None:
+        """checkpoint.pt, then its kept copy checkpoints/step-N.pt, then prune; a crash anywhere leaves both readable.
+
+        Pruned: kept checkpoints after this step (the trajectory a rollback abandoned) and all but the newest
+        ``train.keep_checkpoints``, except the in-memory rollback target's (so a resume finds it again).
+        """
+        latest = self.out_dir / CHECKPOINT_FILE
+        atomic_write(latest, lambda p: torch.save(state, p))
+        step = int(state["step"])
+        kept = checkpoint_path(self.out_dir, step)
+        kept.parent.mkdir(exist_ok=True)
+        atomic_write(kept, lambda p: _link_or_copy(latest, p))
+        good_step = self._good["step"] if self._good is not None else None
+        count = 0
+        for kept_step, path in list_checkpoints(self.out_dir):  # newest first
+            count += kept_step <= step
+            if kept_step > step or (count > self.cfg.train.keep_checkpoints and kept_step != good_step):
+                path.unlink(missing_ok=True)
+
+    def _clear_checkpoints(self) -> None:
+        """A fresh start must not leave kept checkpoints of an earlier training to fall back or roll back to."""
+        for _, path in list_checkpoints(self.out_dir):
+            path.unlink()
+
     def _load_checkpoint(self, path: Path) -> bool:
-        """Resume from ``path`` if it exists; refuse a checkpoint of a different model with a clear error."""
+        """Resume from ``path`` if it exists; returns whether it did.
+
+        An unreadable ``path`` (truncated, not a checkpoint) falls back to the newest readable kept checkpoint, with
+        a note; a checkpoint of a different model or of settings that change the training is refused with a clear
+        error. The rollback target becomes the newest kept state saved outside a D-collapse streak.
+        """
         if not path.is_file():
             return False
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # truncated/foreign file: name it instead of surfacing the unpickler's message
-            raise TrainingError(f"{path}: unreadable checkpoint ({exc}); delete it to start afresh") from exc
+            state = _read_state(path)
+        except TrainingError as exc:
+            path, state = self._fall_back(path, exc)
+        self._check_resumable(path, state)
+        self._restore(state)
+        self.rollbacks = int(state.get("rollbacks", 0))
+        self._apply_lr_scale()
+        self._good = state if _is_rollback_target(state) else self._newest_rollback_target(state)
+        self.resumed_from = path
+        return True
+
+    def _fall_back(self, path: Path, error: TrainingError) -> tuple[Path, dict[str, Any]]:
+        for _, kept in list_checkpoints(self.out_dir):
+            try:
+                state = _read_state(kept)
+            except TrainingError:
+                continue
+            if self.ctx.is_main:
+                print(
+                    f"[train] note: {error}; resuming from {kept} instead, the newest readable kept checkpoint "
+                    f"(step {state.get('step')})",
+                    file=sys.stderr,
+                )
+            return kept, state
+        raise TrainingError(
+            f"{error}, and {self.out_dir / CHECKPOINT_DIR} keeps no readable one; delete {path} to start afresh"
+        ) from error
+
+    def _newest_rollback_target(self, latest: dict[str, Any]) -> dict[str, Any]:
+        """The newest kept state before ``latest`` saved outside a collapse streak; ``latest`` when none is kept."""
+        for step, kept in list_checkpoints(self.out_dir):
+            if step >= int(latest["step"]):
+                continue
+            try:
+                state = _read_state(kept)
+            except TrainingError:
+                continue
+            if _is_rollback_target(state):
+                return state
+        return latest
+
+    def _check_resumable(self, path: Path, state: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another format, another model or other trajectory-changing settings."""
         if state.get("format") != CHECKPOINT_FORMAT:
             raise TrainingError(f"{path}: checkpoint format {state.get('format')} is not {CHECKPOINT_FORMAT}")
         mine = {"g_kwargs": self.G.init_kwargs(), "d_kwargs": self.D.init_kwargs(), "classes": list(self.classes)}
@@ -614,13 +798,17 @@ class Trainer:
                 f"{path}: checkpoint is of a different model ({theirs}) than this config builds "
                 f"({mine}); use another output folder or delete the checkpoint"
             )
+        changed = trajectory_changes(state["config"], self.cfg) if state.get("config") else {}
+        if changed:
+            listed = ", ".join(f"{k} {json.dumps(old)} -> {json.dumps(new)}" for k, (old, new) in changed.items())
+            back = " ".join(f"{k}={json.dumps(old, separators=(',', ':'))}" for k, (old, _) in changed.items())
+            raise TrainingError(
+                f"{path}: refusing to resume, the checkpoint was trained with other settings that change the "
+                f"training ({listed}); to continue it set them back ({back}), otherwise use another output folder "
+                f"or delete the checkpoint (and {CHECKPOINT_DIR}/) to train afresh"
+            )
         if state.get("dataset_hash") != self.dataset_hash and self.ctx.is_main:
             print(f"[train] note: resuming {path} on a different dataset than it was trained on", file=sys.stderr)
-        self._restore(state)
-        self.rollbacks = int(state.get("rollbacks", 0))
-        self._apply_lr_scale()
-        self._good = state
-        return True
 
     def _apply_lr_scale(self) -> None:
         scale = 0.5**self.rollbacks
@@ -641,6 +829,9 @@ class Trainer:
         self.rollbacks += 1
         self._apply_lr_scale()
         self.records = [r for r in self.records if r["step"] <= self.step]
+        # On disk too: a resume after a crash continues from here with the halved rates, not from a checkpoint of
+        # the abandoned trajectory (whose kept checkpoints this prunes).
+        self._save_checkpoint()
         if self.ctx.is_main:
             print(
                 f"\n[train] {event.reason} ({stats}): rolled back to step {self.step} "
@@ -727,6 +918,7 @@ class Trainer:
             name: str(out / f)
             for name, f in (
                 ("checkpoint", CHECKPOINT_FILE),
+                ("checkpoints", CHECKPOINT_DIR),
                 ("generator", GENERATOR_FILE),
                 ("options", OPTIONS_FILE),
                 ("losses", LOSSES_FILE),
@@ -743,6 +935,7 @@ class Trainer:
         keys = [k for k in LOSS_KEYS + GUARD_KEYS if k in frame]
         metrics = {f"train/{k}": float(frame[k].mean()) for k in keys if frame[k].notna().any()}
         metrics["train/img_per_s"] = self.cfg.train.batch_size * len(frame) / float(frame["step_time_s"].sum())
+        metrics["train/ema_beta"] = ema_beta(self.cfg.train.ema_decay, self.step - 1)  # the last update's decay
         self.tracker.log_metrics(metrics, step=self.step)
         shown = {f"train/{k}" for k in ("loss_g", "loss_d", "d_real", "d_fake", "img_per_s")}
         bar.set_postfix({k.split("/")[1]: f"{v:.3g}" for k, v in metrics.items() if k in shown}, refresh=False)
@@ -753,20 +946,21 @@ class Trainer:
         """Train to ``cfg.train.steps`` (resuming if a checkpoint exists) and write the outputs; return a summary."""
         tc = self.cfg.train
         main = self.ctx.is_main
+        resumed = self._load_checkpoint(self.out_dir / CHECKPOINT_FILE)  # first: a refused resume writes nothing
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             options = json.dumps(dataclasses.asdict(self.cfg), indent=2, sort_keys=True)
             atomic_write(self.out_dir / OPTIONS_FILE, lambda p: p.write_text(options))
             self.tracker.log_params({k: v for k, v in self.cfg.flat().items() if k.startswith("train.")})
-        resumed = self._load_checkpoint(self.out_dir / CHECKPOINT_FILE)
         if resumed:
             if main:
                 self._read_losses()
-                print(f"[train] resuming from {self.out_dir / CHECKPOINT_FILE} at step {self.step}", file=sys.stderr)
+                print(f"[train] resuming from {self.resumed_from} at step {self.step}", file=sys.stderr)
         else:
-            self._good = self._state()  # rollback target until the first checkpoint exists
+            self._good = self._state()  # rollback target until the first checkpoint outside a collapse streak
             if main:
                 self._clear_snapshots()
+                self._clear_checkpoints()
         start_step = self.step
         started = time.perf_counter()
         window: list[dict[str, float]] = []

@@ -49,6 +49,7 @@ def model_files() -> list[str]:
     return sorted(
         [
             "checkpoint.pt",
+            "checkpoints",
             "generator.pt",
             "losses.csv",
             "samples.png",

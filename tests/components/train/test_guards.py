@@ -12,7 +12,7 @@ from components.gan.loss import PhasedLoss
 from components.tracking import NullTracker
 from components.train import trainer as trainer_module
 from components.train.core import train
-from components.train.trainer import BatchPrefetcher, Trainer
+from components.train.trainer import BatchPrefetcher, Trainer, checkpoint_path, list_checkpoints
 
 
 class EventTracker(NullTracker):
@@ -160,3 +160,40 @@ def test_resume_with_prefetching_continues_bit_for_bit(train_data, tmp_path, mon
     resumed = train(archive, split, tmp_path / "a", resolve("tiny"), None)
     straight = train(archive, split, tmp_path / "b", resolve("tiny", ["train.prefetch=0"]), None)
     assert resumed["start_step"] == 4 and resumed["replica_fingerprints"] == straight["replica_fingerprints"]
+
+
+def test_a_rollback_never_lands_inside_a_collapse_streak(train_data, tmp_path, monkeypatch, capsys):
+    archive, split = train_data
+    # Steps 3..5 (Dmain calls 4..6) report a huge margin: the checkpoint at 4 is saved inside the streak, the third
+    # collapsed step trips the guard, and the rollback goes to the checkpoint at 2, saved before the streak.
+    _patch_dmain(monkeypatch, lambda n: 4 <= n <= 6, d_real=40.0, d_fake=-40.0)
+    cfg = resolve("tiny", ["train.steps=8", "train.checkpoint_every=2", "train.guard_patience=3"])
+    summary = Trainer(archive, split, tmp_path / "m", cfg).fit()
+    err = capsys.readouterr().err
+    assert summary["rollbacks"] == 1 and summary["steps"] == 8
+    assert "discriminator collapse at step 5" in err and "rolled back to step 2" in err
+
+
+def test_after_a_resume_the_rollback_target_is_the_newest_state_saved_outside_a_streak(
+    train_data, tmp_path, monkeypatch
+):
+    archive, split = train_data
+    out = tmp_path / "m"
+    # Steps 2.. (Dmain calls 3..) report a huge margin, below the patience: the final checkpoint (4) is in the streak.
+    _patch_dmain(monkeypatch, lambda n: n >= 3, d_real=40.0, d_fake=-40.0)
+    settings = ["train.checkpoint_every=2", "train.guard_patience=10", "train.keep_checkpoints=1"]
+    first = Trainer(archive, split, out, resolve("tiny", ["train.steps=4", *settings]))
+    first.fit()
+    latest = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert latest["step"] == 4 and latest["collapse_streak"] == 2 and not latest["rollback_target"]
+    assert first._good["step"] == 2 and first._good["rollback_target"]
+    assert [step for step, _ in list_checkpoints(out)] == [4, 2]  # keep 1, and the rollback target besides
+
+    resumed = Trainer(archive, split, out, resolve("tiny", settings))
+    assert resumed._load_checkpoint(out / "checkpoint.pt")
+    assert resumed.step == 4 and resumed.collapse_streak == 2
+    assert resumed._good["step"] == 2 and resumed._good["rollback_target"]
+
+    checkpoint_path(out, 2).unlink()  # no kept state outside the streak: the latest is the target
+    again = Trainer(archive, split, out, resolve("tiny", settings))
+    assert again._load_checkpoint(out / "checkpoint.pt") and again._good["step"] == 4

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ from components.gan.loss import PhasedLoss
 from components.gan.sampling import generate, list_snapshots, load_generator, snapshot_path
 from components.tracking import NullTracker
 from components.train.core import train
-from components.train.trainer import Trainer, snapshot_steps
+from components.train.trainer import Trainer, ema_beta, snapshot_steps
 
 
 class RecordingTracker(NullTracker):
@@ -196,3 +197,15 @@ def test_bad_train_settings_are_rejected_by_name(train_data, tmp_path, override)
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=key):
         train(archive, split, tmp_path / "m", resolve("tiny", [override]), None)
+
+
+def test_the_effective_ema_decay_is_warmed_up_and_logged(train_data, tmp_path):
+    archive, split = train_data
+    tracker = RecordingTracker()
+    Trainer(archive, split, tmp_path / "m", resolve("tiny"), tracker).fit()  # logs every 2 steps
+    logged = {step: m["train/ema_beta"] for m, step in tracker.metrics if "train/ema_beta" in m}
+    assert logged == {2: pytest.approx(2 / 11), 4: pytest.approx(4 / 13), 6: pytest.approx(6 / 15)}
+    # The quickstart's last step: 0.991, not the configured 0.999; a half-life of ~77 steps instead of ~693.
+    assert ema_beta(0.999, 999) == pytest.approx(1000 / 1009)
+    assert math.log(0.5) / math.log(ema_beta(0.999, 999)) == pytest.approx(77.4, abs=0.1)
+    assert ema_beta(0.999, 8990) == pytest.approx(0.999) and ema_beta(0.999, 10**6) == 0.999
