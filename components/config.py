@@ -109,6 +109,9 @@ class TrainConfig:
     # Minibatch-stddev group size in D (ProGAN/StyleGAN2; groups of one class), against mode collapse; 0 or 1 = off.
     # The per-process batch (batch_size / processes) must be a multiple of it. Quickstart, 3 seeds: FID 189 vs 208.
     mbstd_group: int = 4
+    # A second minibatch-stddev map in D: where the masks of a group (one class) differ, against lesions planted in
+    # one place for a whole class (components/gan/networks.py mask_stddev). Needs mbstd_group > 1.
+    mbstd_mask: bool = False
     # Target decay of the generator's EMA. It is warmed up as min(ema_decay, (1 + step) / (10 + step)) so that a short
     # run's EMA is not dominated by the random initialisation: the 1000-step quickstart ends at 0.991 (half-life
     # ~77 steps, 0.999's is 693); ema_decay itself applies from step 8990 on. Logged as train/ema_beta.
@@ -176,6 +179,11 @@ class EvalConfig:
     """Metrics and the review report."""
 
     feature_extractor: str = "inception"
+    # Further feature spaces every distribution metric is also reported in, under the key prefix "<name>_" (held-out
+    # reference "holdout_<name>_<metric>"); the primary feature_extractor is not repeated. "medical": a small CNN
+    # trained on the real train split only (components/metrics/medical.py), never seen by the GAN; ~10 s on a 2-core
+    # CPU for the quickstart, then cached.
+    extra_extractors: list[str] = field(default_factory=lambda: ["medical"])
     fid_samples: int = 128  # synthetic samples drawn for FID/KID (real side: the whole real training split)
     # Synthetic samples per train.fid_snapshots point of the FID curve: an evenly spaced subset of fid_samples'
     # latents and labels (class mix kept), the same for every snapshot; 0: all fid_samples. Fewer by default as each
@@ -201,6 +209,8 @@ class EvalConfig:
         """Reject a bad value when the config is built, not after a whole training run."""
         if self.manifold_k < 1:
             raise ConfigError(f"eval.manifold_k must be at least 1, got {self.manifold_k}")
+        if len(set(self.extra_extractors)) != len(self.extra_extractors) or not all(self.extra_extractors):
+            raise ConfigError(f"eval.extra_extractors must name each space once, got {self.extra_extractors}")
         if self.select_snapshot not in SELECT_SNAPSHOT:
             raise ConfigError(
                 f"eval.select_snapshot must be one of {', '.join(SELECT_SNAPSHOT)}, got {self.select_snapshot!r}"
@@ -274,6 +284,12 @@ class Config:
 # Presets override the dataclass defaults; each is a nested dict of the fields it changes.
 PRESETS: dict[str, dict[str, Any]] = {
     "quickstart": {},
+    # The quickstart's model and data with a longer CPU budget: 10x the steps, about 30 min of training on 2 cores
+    # (bench/quality.py --preset quickstart-long), and more samples behind the metrics.
+    "quickstart-long": {
+        "train": {"steps": 10000, "checkpoint_every": 1000, "log_every": 50, "sample_every": 1000},
+        "eval": {"fid_samples": 256, "fid_curve_samples": 128},
+    },
     # Seconds-long runs for tests and --dry-run style smoke checks.
     "tiny": {
         "data": {"image_size": 32},
