@@ -43,9 +43,25 @@ from components.rebalance.core import rebalance  # noqa: E402
 from components.train.core import train  # noqa: E402
 
 SALT = "experiment-salt-0123456789abcdef"
-REPORTED = ("fid", "kid", "precision", "recall", "coverage", "diversity_ratio", "selected_step")
+REPORTED = (
+    "fid",
+    "kid",
+    "precision",
+    "recall",
+    "coverage",
+    "medical_fid",
+    "medical_precision",
+    "medical_recall",
+    "medical_coverage",
+    "diversity_ratio",
+    "min_class_diversity_ratio",
+    "lesion_spread_ratio",
+    "selected_step",
+)
 
 
+# Averaged over the seeds beside FID in the summary lines (collapse within a class, the medical feature space).
+SUMMARY = ("min_class_diversity_ratio", "lesion_spread_ratio", "medical_fid", "medical_recall", "medical_coverage")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -120,6 +136,7 @@ def main() -> None:
         keys = {(n, seed): result_key(args.preset, o, seed) for n, o in arms.items() for seed in seeds}
         data = None if all(k in cached for k in keys.values()) else prepare(work, args.preset)
         fids: dict[str, list[float]] = {name: [] for name in arms}
+        others: dict[str, dict[str, list[float]]] = {name: {k: [] for k in SUMMARY} for name in arms}
         for seed in seeds:
             for name, overrides in arms.items():
                 key = keys[(name, seed)]
@@ -131,6 +148,8 @@ def main() -> None:
                         with open(results_file, "a") as f:
                             f.write(json.dumps({"key": key, "result": res}) + "\n")
                 fids[name].append(res["fid"])
+                for k in SUMMARY:
+                    others[name][k].append(np.nan if res.get(k) is None else res[k])
                 shown = " ".join(f"{k}={res[k]:.4g}" for k in REPORTED if res[k] is not None)
                 curve = "/".join(f"{v:.0f}" for v in res["curve"] if v is not None)
                 print(
@@ -142,6 +161,9 @@ def main() -> None:
     per_seed = ", ".join(
         f"s{s} {b:.1f}->{v:.1f}" for s, b, v in zip(seeds, fids["baseline"], fids["variant"], strict=True)
     )
+    for name in arms:
+        means = ", ".join(f"{k} {np.nanmean(v):.3f}" for k, v in others[name].items() if np.isfinite(v).any())
+        print(f"{name} mean over seeds: FID {np.mean(fids[name]):.1f}, {means}")
     print(
         f"quality: ratio={var / base:.3f} ({args.preset}, headline FID, mean over seeds {args.seeds}: "
         f"baseline {arms['baseline']} "
