@@ -181,7 +181,7 @@ class EvalConfig:
     feature_extractor: str = "inception"
     # Further feature spaces every distribution metric is also reported in, under the key prefix "<name>_" (held-out
     # reference "holdout_<name>_<metric>"); the primary feature_extractor is not repeated. "medical": a small CNN
-    # trained on the real train split only (components/metrics/medical.py), never seen by the GAN; ~10 s on a 2-core
+    # trained on the real train split only (components/metrics/medical.py), never seen by the GAN; ~6 s on a 2-core
     # CPU for the quickstart, then cached.
     extra_extractors: list[str] = field(default_factory=lambda: ["medical"])
     fid_samples: int = 128  # synthetic samples drawn for FID/KID (real side: the whole real training split)

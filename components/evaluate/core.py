@@ -1,16 +1,20 @@
 """The evaluate stage: how faithful, how useful and how private the trained generator is.
 
 1. fidelity: FID and KID (every metric in :data:`components.metrics.METRICS`) of EMA-generator samples against the
-   real training split, overall and per class, with bootstrap confidence intervals; the synthetic class mix
-   follows the real training split; FID over training from the trainer's snapshots (:mod:`.curve`); with
-   ``eval.select_snapshot=best_fid`` every metric scores the snapshot (or final model) of lowest FID on the val
-   split (:mod:`.selection`), written as ``generator.pt`` for the register stage;
+   real training split, overall and per class, with bootstrap confidence intervals, in the primary feature space
+   (``eval.feature_extractor``, unprefixed keys) and in every ``eval.extra_extractors`` space (keys prefixed
+   ``<name>_``), each with the held-out real reference; the synthetic class mix follows the real training split;
+   FID over training from the trainer's snapshots (:mod:`.curve`), with per-class collapse ratios from the same
+   samples; with ``eval.select_snapshot=best_fid`` every metric scores the snapshot (or final model) of lowest FID
+   on the val split (:mod:`.selection`), written as ``generator.pt`` for the register stage;
 2. utility: Dice on real test patients of a segmentation net trained on real data vs real + synthetic pairs;
-3. consistency: do generated masks sit on lesions, and do they agree with the class?
+3. consistency: do generated masks sit on lesions, and do they agree with the class? collapse: is every class as
+   varied as its real images, its lesions as spread out (:mod:`components.metrics.collapse`)?
 4. privacy: nearest-real-neighbour memorization audit;
-5. outputs: ``metrics.json`` (flat, the gate reads it), ``report.json`` + ``report.html`` (the review report,
-   with the validate stage's results and rebalance's split check), and the same metrics in MLflow under ``eval/``
-   (the FID curve as ``eval/fid_curve`` by training step).
+5. outputs: ``metrics.json`` (flat metrics, the gate reads them, plus ``extractors``: the identity of every feature
+   space that produced a value), ``report.json`` + ``report.html`` (the review report, with the validate stage's
+   results and rebalance's split check), and the same metrics in MLflow under ``eval/`` (the FID and collapse curves
+   by training step, the feature spaces as ``eval.extractor.*`` run tags).
 
 Outputs are written only after every metric is computed, each file atomically, ``metrics.json`` last: a failed
 evaluation leaves no ``metrics.json`` for the register stage to pick up.
@@ -32,16 +36,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from components.archive import open_archive
+from components.archive import Archive, open_archive
 from components.config import Config
 from components.errors import ConfigError, DataError
 from components.evaluate.curve import candidate_features, fid_curve
-from components.evaluate.report import HOLDOUT, atomic_write_text, json_safe, pair_grid, png_base64, write_report
+from components.evaluate.report import atomic_write_text, json_safe, pair_grid, png_base64, write_report
 from components.evaluate.selection import choose_generator
+from components.evaluate.spaces import EXTRACTORS_KEY, HOLDOUT, extractor_tags, prefixed, space_prefix
 from components.metrics import METRICS, compute_metric
+from components.metrics.collapse import SUMMARIES, class_statistics, collapse_ratios
 from components.metrics.consistency import consistency_report, pair_statistics
 from components.metrics.dice import SEG_FEATURES, paired_dice_ci, train_and_score
-from components.metrics.features import extract_features, get_extractor
+from components.metrics.features import FeatureExtractor, FitData, extract_features, get_extractor
 from components.metrics.memorization import memorization_audit
 from components.rebalance.core import load_split, load_split_check
 
@@ -49,6 +55,7 @@ MIN_PER_CLASS = 4  # synthetic samples per class at least, so that per-class met
 REPORT_SAMPLES = 8  # tiles per class and side in the report
 REPORT_NEIGHBOURS = 8
 MAX_CURVE_POINTS = 400
+VOLATILE = ("train_seconds", "from_cache")  # extractor facts that differ between identical evaluations
 SPLIT_COLUMNS = ("index", "sample_id", "patient", "label", "split")
 
 
@@ -85,6 +92,27 @@ def check_split(split: pd.DataFrame, split_dir: str | os.PathLike[str], n_archiv
             "it was made for another archive"
         )
     return split
+
+
+def split_rows(split: pd.DataFrame, name: str) -> np.ndarray:
+    """Archive rows of split ``name`` (train / val / test), in archive order."""
+    return np.sort(split.loc[split["split"] == name, "index"].to_numpy())
+
+
+def train_split_data(archive: Archive, split: pd.DataFrame) -> FitData:
+    """The real **train** split's images, masks and labels, with their archive rows.
+
+    The real side of every headline metric, and the only real data a fitted feature space (``medical``) learns from:
+    val is the held-out reference and test the Dice set, so neither may shape the space they are scored in.
+    """
+    rows = split_rows(split, "train")
+    return FitData(
+        images=np.asarray(archive.images[rows], dtype=np.float32),
+        labels=archive.manifest["label_idx"].to_numpy()[rows],
+        masks=np.asarray(archive.masks[rows]),
+        n_classes=len(archive.classes),
+        rows=rows,
+    )
 
 
 def pick_device(requested: str) -> str:
@@ -145,6 +173,62 @@ def holdout_metrics(train: np.ndarray, val: np.ndarray | None, options: dict[str
         if val is not None and len(val) >= 2:
             value = compute_metric(name, train, val, {**options, "bootstrap": 0}, seed)["value"]
         out[HOLDOUT + name] = value
+    return out
+
+
+def extractor_identity(
+    extractor: FeatureExtractor, role: str, prefix: str, n_real: int, n_fake: int, n_holdout: int
+) -> dict[str, Any]:
+    """What produced a feature space's metrics: weights fingerprint, dimension, sample counts, key prefix.
+
+    A fitted extractor adds its training provenance (rows and data hashes, steps, seconds, whether it was cached;
+    the last two, :data:`VOLATILE`, change between identical evaluations and stay out of ``metrics.json``).
+    """
+    info = {k: v for k, v in extractor.info.items() if isinstance(v, (str, int, float, bool))}
+    return {
+        "role": role,
+        "prefix": prefix,
+        "fingerprint": extractor.fingerprint,
+        "dim": extractor.dim,
+        "n_real": int(n_real),
+        "n_fake": int(n_fake),
+        "n_holdout": int(n_holdout),
+        "metrics": list(METRICS),
+        **info,
+    }
+
+
+def extra_space_metrics(
+    extractor: FeatureExtractor,
+    images: tuple[np.ndarray, np.ndarray | None, np.ndarray],
+    labels: tuple[np.ndarray, np.ndarray],
+    classes: list[str],
+    options: dict[str, Any],
+    seed: int,
+    cache_dir: str | os.PathLike[str] | None,
+) -> tuple[dict[str, float], list[str], dict[str, Any]]:
+    """Every registered metric (overall, per class, held-out reference) in a secondary feature space.
+
+    ``images`` are the real train, val (None: fewer than 2) and synthetic images, ``labels`` the train and synthetic
+    class indices. Returns the prefixed flat metrics, the notes and the space's identity.
+    """
+    real, val, fake = images
+    prefix = space_prefix(extractor.name)
+    real_feats = extract_features(extractor, real, cache_dir=cache_dir, progress=False)
+    val_feats = extract_features(extractor, val, cache_dir=cache_dir, progress=False) if val is not None else None
+    fake_feats = extract_features(extractor, fake, progress=False)
+    metrics, notes = distribution_metrics(real_feats, labels[0], fake_feats, labels[1], classes, options, seed)
+    metrics.update(holdout_metrics(real_feats, val_feats, options, seed))
+    n_val = 0 if val is None else len(val)
+    identity = extractor_identity(extractor, "extra", prefix, len(real), len(fake), n_val)
+    return prefixed(metrics, prefix), notes, identity
+
+
+def collapse_metrics(consistency: dict[str, Any]) -> dict[str, float]:
+    """Flat collapse metrics of a consistency report: the summaries and the per-class ratios."""
+    out = {name: consistency[name] for name in SUMMARIES}
+    for cls, ratios in consistency["per_class"].items():
+        out.update({metric_key(name, cls): value for name, value in ratios.items()})
     return out
 
 
@@ -242,6 +326,15 @@ def report_images(
     return samples, neighbours
 
 
+def curve_series(curve: dict[str, Any]) -> dict[str, list[float | None]]:
+    """The curves evaluate logs by training step: ``fid_curve`` and ``<ratio>_curve`` overall and per class."""
+    out = {"fid_curve": curve["fid"]}
+    out.update({f"{name}_curve": curve[name] for name in SUMMARIES if name in curve})
+    for cls, ratios in (curve.get("per_class") or {}).items():
+        out.update({metric_key(f"{name}_curve", cls): values for name, values in ratios.items()})
+    return out
+
+
 def _losses(model_dir: Path) -> dict[str, list[float]]:
     path = model_dir / "losses.csv"
     if not path.is_file():
@@ -268,13 +361,14 @@ def evaluate(
     tracking: dict[str, str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     validation: dict[str, Any] | list[dict[str, Any]] | None = None,
-) -> dict[str, float | None]:
+) -> dict[str, Any]:
     """Evaluate the EMA generator in ``model_dir``; write metrics.json, report.json, report.html to ``out_dir``.
 
     ``tracking`` (``tracking_uri``, ``experiment``, ``run_key``) logs the metrics as ``eval/<key>`` to the
-    pipeline's MLflow run; ``cache_dir`` keeps real-image features between runs; ``validation`` (the validate
-    stage's summary) is shown in the report, next to the split check rebalance left in ``split_dir``. Returns the
-    flat metrics (``None`` where a value is undefined).
+    pipeline's MLflow run; ``cache_dir`` keeps real-image features (and fitted feature extractors) between runs;
+    ``validation`` (the validate stage's summary) is shown in the report, next to the split check rebalance left in
+    ``split_dir``. Returns metrics.json's content: the flat metrics (``None`` where a value is undefined) and
+    ``extractors`` (:data:`EXTRACTORS_KEY`), the identity of every feature space behind them.
     """
     # heavy, and not needed to import this module
     from components.fsio import atomic_write
@@ -297,35 +391,48 @@ def evaluate(
             f"{classes}; evaluate the model on the data it was trained on"
         )
     label_idx = archive.manifest["label_idx"].to_numpy()
-    train_idx = np.sort(split.loc[split["split"] == "train", "index"].to_numpy())
-    test_idx = np.sort(split.loc[split["split"] == "test", "index"].to_numpy())
+    train_idx = split_rows(split, "train")
+    test_idx = split_rows(split, "test")
     if len(train_idx) == 0 or len(test_idx) == 0:
         raise DataError(
             f"{split_dir}: the split has {len(train_idx)} train and {len(test_idx)} test samples; evaluation needs both"
         )
-    real_images = np.asarray(archive.images[train_idx], dtype=np.float32)
-    real_masks = np.asarray(archive.masks[train_idx])
-    real_labels = label_idx[train_idx]
+    # the real train split: every headline metric's real side, and all a fitted feature space may learn from
+    fit = train_split_data(archive, split)
+    real_images, real_masks, real_labels = fit.images, fit.masks, fit.labels
     counts = np.bincount(real_labels, minlength=len(classes)).tolist()
     fake_labels = synthetic_label_plan(counts, ev.fid_samples)
-    extractor = get_extractor(ev.feature_extractor, device)
+    extractor = get_extractor(ev.feature_extractor, device, fit=fit, cache_dir=cache_dir)
     timings["load"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    extras = [
+        get_extractor(name, device, fit=fit, cache_dir=cache_dir)
+        for name in dict.fromkeys(ev.extra_extractors)
+        if name != ev.feature_extractor
+    ]
+    timings["extra_extractors_fit"] = time.perf_counter() - clock
 
     # real features: the train split's (every headline metric) and the val split's (selection, held-out baseline)
     clock = time.perf_counter()
     real_feats = extract_features(extractor, real_images, cache_dir=cache_dir)
-    val_idx = np.sort(split.loc[split["split"] == "val", "index"].to_numpy())
-    val_feats = None
-    if len(val_idx) >= 2:
-        val_feats = extract_features(
-            extractor, np.asarray(archive.images[val_idx], dtype=np.float32), cache_dir=cache_dir
-        )
+    val_idx = split_rows(split, "val")
+    val_images = np.asarray(archive.images[val_idx], dtype=np.float32) if len(val_idx) >= 2 else None
+    val_feats = extract_features(extractor, val_images, cache_dir=cache_dir) if val_images is not None else None
     timings["features_real"] = time.perf_counter() - clock
+
+    # collapse statistics of the real pairs, which every candidate's curve samples and the headline's are read against
+    names_real = np.asarray(classes)[real_labels]
+    real_collapse = class_statistics(real_images, real_masks, names_real, classes, lesion)
+
+    def curve_collapse(images: np.ndarray, masks: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+        synth = class_statistics(images, masks, np.asarray(classes)[labels], classes, lesion)
+        return collapse_ratios(real_collapse, synth)
 
     # 0. which generator: the snapshot of lowest val FID, or the final model --------------------------------------
     clock = time.perf_counter()
     final_step = int(gmeta.get("step", 0))
     curve_inputs = (model_dir, final_step, fake_labels, seeds["fid"], ev.fid_curve_samples, extractor, device)
+    curve_options = {"collapse": curve_collapse}
     selection: dict[str, Any] = {
         "mode": ev.select_snapshot,
         "steps": [],
@@ -336,7 +443,7 @@ def evaluate(
     }
     candidates, chosen_path, model_meta = None, None, gmeta
     if ev.select_snapshot == "best_fid":
-        candidates = candidate_features(*curve_inputs)  # the FID curve's samples: scored against val here
+        candidates = candidate_features(*curve_inputs, **curve_options)  # the curve's samples: scored on val here
         chosen_path = choose_generator(candidates, selection, {"val": val_feats, "train": real_feats})
         if selection["selected_step"] != final_step:
             generator, model_meta = load_generator(chosen_path, device=device)
@@ -355,12 +462,29 @@ def evaluate(
         real_feats, real_labels, fake_feats, fake_labels, classes, options, seeds["metrics"]
     )
     metrics.update(holdout_metrics(real_feats, val_feats, options, seeds["metrics"]))
+    n_val = 0 if val_feats is None else len(val_feats)
+    spaces = {extractor.name: extractor_identity(extractor, "primary", "", len(real_feats), len(fake_feats), n_val)}
     timings["distribution_metrics"] = time.perf_counter() - clock
+    for extra in extras:  # the same metrics in every further feature space, from the same images
+        clock = time.perf_counter()
+        extra_metrics, extra_notes, spaces[extra.name] = extra_space_metrics(
+            extra,
+            (real_images, val_images, fake_images),
+            (real_labels, fake_labels),
+            classes,
+            options,
+            seeds["metrics"],
+            cache_dir,
+        )
+        metrics.update(extra_metrics)
+        notes += [n for n in extra_notes if n not in notes]
+        timings[f"space_{extra.name}"] = time.perf_counter() - clock
     clock = time.perf_counter()
     metrics["selected_step"] = float(selection["selected_step"])
     metrics["final_step"] = float(final_step)
     if candidates is None:  # no selection: the final model's curve samples are the headline's
-        candidates = candidate_features(*curve_inputs, final_feats=fake_feats)
+        final = {"final_feats": fake_feats, "final_samples": (fake_images, fake_masks)}
+        candidates = candidate_features(*curve_inputs, **curve_options, **final)
     curve = fid_curve(candidates, real_feats)
     timings["fid_curve"] = time.perf_counter() - clock
 
@@ -386,14 +510,14 @@ def evaluate(
 
     # 3. consistency, 4. memorization ------------------------------------------------------------------------
     clock = time.perf_counter()
-    names_real, names_fake = np.asarray(classes)[real_labels], np.asarray(classes)[fake_labels]
+    names_fake = np.asarray(classes)[fake_labels]
     consistency = consistency_report(
         pair_statistics(real_images, real_masks, names_real, classes, lesion),
         pair_statistics(fake_images, fake_masks, names_fake, classes, lesion),
     )
     metrics["mask_contrast_gap"] = consistency["contrast_gap"]
     metrics["mask_label_mismatch"] = consistency["label_mismatch"]
-    metrics["diversity_ratio"] = consistency["diversity_ratio"]
+    metrics.update(collapse_metrics(consistency))
     for cls, stats in consistency["synthetic"].items():
         metrics[metric_key("mask_contrast_synth", cls)] = stats["contrast"]
         metrics[metric_key("mask_contrast_real", cls)] = consistency["real"].get(cls, {}).get("contrast", np.nan)
@@ -407,7 +531,8 @@ def evaluate(
     timings["audit"] = time.perf_counter() - clock
 
     # 5. outputs ---------------------------------------------------------------------------------------------
-    metrics = json_safe(metrics)
+    stable = {name: {k: v for k, v in ident.items() if k not in VOLATILE} for name, ident in spaces.items()}
+    metrics = json_safe({**metrics, EXTRACTORS_KEY: stable})
     samples, neighbours = report_images(
         (real_images, real_masks, real_labels),
         (fake_images, fake_masks, fake_labels),
@@ -445,6 +570,7 @@ def evaluate(
         },
         "config": {**asdict(ev), "seed": cfg.seed, "device": device, "segmenter": f"BasicUNet{SEG_FEATURES}"},
         "metrics": metrics,
+        "extractors": spaces,
         "notes": notes,
         "dice": dice_section,
         "samples": samples,
@@ -470,10 +596,12 @@ def evaluate(
         from components.tracking import RunTracker
 
         tracker = RunTracker.of(tracking)
-        tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items() if v is not None})
-        for step, value in zip(curve["steps"], curve["fid"], strict=True):
-            if value is not None:
-                tracker.log_metrics({"eval/fid_curve": value}, step=step)
+        tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+        tracker.set_tags(extractor_tags(metrics, "eval.extractor."))
+        for name, series in curve_series(curve).items():
+            for step, value in zip(curve["steps"], series, strict=True):
+                if value is not None:
+                    tracker.log_metrics({f"eval/{name}": value}, step=step)
         for step, value in zip(selection["steps"], selection["fid"], strict=True):
             if value is not None:
                 tracker.log_metrics({"eval/selection_fid": value}, step=step)

@@ -7,12 +7,15 @@ the headline FID's when the headline scored the final model, else they are drawn
 values are computed, no bootstrap intervals: the curve shows a trend, the headline FID carries the intervals.
 
 The same samples' features serve the best-snapshot selection (:mod:`components.evaluate.selection`), scored there
-against another real set: :func:`candidate_features` computes them once for both.
+against another real set: :func:`candidate_features` computes them once for both. From the same samples (no extra
+generator pass) it can also compute collapse statistics per candidate (:mod:`components.metrics.collapse`: per-class
+diversity ratio, worst class, lesion-position spread ratio), so collapse over training shows beside the FID.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +23,12 @@ from typing import Any
 import numpy as np
 
 from components.errors import ConfigError
+from components.metrics.collapse import SUMMARIES
 from components.metrics.features import FeatureExtractor, extract_features
 from components.metrics.fid import fid_from_features
+
+# collapse(images, masks, label indices) -> collapse_ratios(...) of those samples against the real ones
+CollapseFn = Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, Any]]
 
 
 def curve_subset(total: int, wanted: int) -> np.ndarray:
@@ -55,6 +62,7 @@ class Candidates:
     steps: list[int] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)
     feats: list[np.ndarray] = field(default_factory=list)
+    collapse: list[dict[str, Any]] = field(default_factory=list)  # per candidate, when candidate_features was asked
     n_samples: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -72,12 +80,16 @@ def candidate_features(
     extractor: FeatureExtractor,
     device: str = "cpu",
     final_feats: np.ndarray | None = None,
+    collapse: CollapseFn | None = None,
+    final_samples: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Candidates:
     """Features of the curve's samples of every snapshot before ``final_step`` and of the final model, by step.
 
     The samples are ``wanted`` (``eval.fid_curve_samples``) of the headline's ``fake_labels`` and latents ``seed``;
-    ``final_feats`` are the headline's features of the final model (all of ``fake_labels``), reused when given. No
-    candidate at all when the trainer kept no snapshot.
+    ``final_feats`` are the headline's features of the final model (all of ``fake_labels``), reused when given (with
+    ``collapse``, only together with ``final_samples``, the headline's images and masks). ``collapse`` is applied to
+    every candidate's curve samples (images, masks, labels) into ``Candidates.collapse``. No candidate at all when the
+    trainer kept no snapshot.
     """
     from components.gan.sampling import GENERATOR_FILE, generate, list_snapshots, load_generator
 
@@ -88,15 +100,19 @@ def candidate_features(
     earlier, later = curve_models(model_dir, final_step)
     if later:
         out.notes.append(f"ignored snapshots of steps {later}, after the final model's step {final_step}")
+    reuse = final_feats is not None and (collapse is None or final_samples is not None)
     for step, path in [*earlier, (int(final_step), Path(model_dir) / GENERATOR_FILE)]:
         out.steps.append(step)
         out.paths.append(path)
-        if step == final_step and final_feats is not None:
+        if step == final_step and reuse:
             out.feats.append(final_feats[pick])
-            continue
-        generator, _ = load_generator(path, device=device)
-        images, _ = generate(generator, fake_labels, seed=seed)  # all latents drawn, so the subset's are the same
-        out.feats.append(extract_features(extractor, images[pick]))
+            images, masks = final_samples if final_samples is not None else (None, None)
+        else:
+            generator, _ = load_generator(path, device=device)
+            images, masks = generate(generator, fake_labels, seed=seed)  # all latents drawn: the subset's are the same
+            out.feats.append(extract_features(extractor, images[pick]))
+        if collapse is not None:
+            out.collapse.append(collapse(images[pick], masks[pick], fake_labels[pick]))
     return out
 
 
@@ -104,12 +120,31 @@ def fid_curve(candidates: Candidates, real_feats: np.ndarray) -> dict[str, Any]:
     """FID of each candidate against ``real_feats`` (the headline's), by training step.
 
     Returns ``steps``, ``fid`` (one per step, ``None`` where undefined), ``n_samples`` and ``notes``; empty lists
-    when the trainer kept no snapshot.
+    when the trainer kept no snapshot. With collapse statistics in ``candidates``, also one list per collapse summary
+    (``diversity_ratio``, ``min_class_diversity_ratio``, ``lesion_spread_ratio``) and ``per_class``: ``{class:
+    {ratio name: list}}``, aligned with ``steps``.
     """
     fids = candidates.fids(real_feats)
-    return {
+    out: dict[str, Any] = {
         "steps": list(candidates.steps),
-        "fid": [v if np.isfinite(v) else None for v in fids],
+        "fid": [_finite(v) for v in fids],
         "n_samples": candidates.n_samples,
         "notes": list(candidates.notes),
     }
+    if candidates.collapse:
+        for name in SUMMARIES:
+            out[name] = [_finite(c.get(name)) for c in candidates.collapse]
+        classes = dict.fromkeys(cls for c in candidates.collapse for cls in c.get("per_class", {}))
+        out["per_class"] = {
+            cls: {
+                name: [_finite(c.get("per_class", {}).get(cls, {}).get(name)) for c in candidates.collapse]
+                for name in ("diversity_ratio", "lesion_spread_ratio")
+                if any(name in c.get("per_class", {}).get(cls, {}) for c in candidates.collapse)
+            }
+            for cls in classes
+        }
+    return out
+
+
+def _finite(value: float | None) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None

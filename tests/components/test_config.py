@@ -22,6 +22,8 @@ def test_every_preset_resolves_and_round_trips(preset):
         ("data.window_center=null", ("data", "window_center"), None),
         ("data.window_center=40", ("data", "window_center"), 40.0),
         ("train.loss=nonsaturating", ("train", "loss"), "nonsaturating"),
+        ("eval.extra_extractors=", ("eval", "extra_extractors"), []),
+        ("eval.extra_extractors=medical,pixels", ("eval", "extra_extractors"), ["medical", "pixels"]),
     ],
 )
 def test_overrides_are_typed(override, path, expected):
@@ -39,6 +41,7 @@ def test_overrides_are_typed(override, path, expected):
         ("quickstart", ["train.steps"], "not of the form key=value"),
         ("quickstart", ["train=3"], "must be a mapping"),
         ("quickstart", ["eval.select_snapshot=best"], "eval.select_snapshot must be one of best_fid, last, got 'best'"),
+        ("quickstart", ["eval.extra_extractors=medical,medical"], "eval.extra_extractors must name each space once"),
     ],
 )
 def test_bad_config_is_a_clear_error(preset, overrides, message):
@@ -50,3 +53,9 @@ def test_flat_params_cover_every_leaf():
     flat = resolve("quickstart").flat()
     assert flat["train.steps"] == 1000
     assert flat["registry.gate"][0]["name"] == "fid"
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_reports_the_medical_feature_space_beside_the_primary(preset):
+    ev = resolve(preset).eval
+    assert ev.extra_extractors == ["medical"] and ev.feature_extractor != "medical"

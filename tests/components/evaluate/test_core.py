@@ -41,9 +41,22 @@ def test_metric_keys_and_split_checks():
         check_split(split.drop(columns="patient"), "split", n_archive=10)
 
 
-def test_evaluate_writes_metrics_report_and_tracks(archive_dir, split_dir, trained_model, tiny_cfg, tmp_path):
-    from components.evaluate.core import evaluate
+def test_evaluate_writes_metrics_report_and_tracks(
+    archive_dir, split_dir, trained_model, tiny_cfg, tmp_path, monkeypatch
+):
+    from components.archive import open_archive
+    from components.evaluate.core import evaluate, split_rows
+    from components.metrics import features, medical
+    from components.rebalance.core import load_split
     from components.tracking import RunTracker
+
+    assert tiny_cfg.eval.extra_extractors == ["medical"]  # the second feature space, beside pixels
+    fitted = []  # what the medical network is trained on
+    train_network = medical.train_network
+    monkeypatch.setattr(
+        medical, "train_network", lambda fit, *a, **k: fitted.append(fit) or train_network(fit, *a, **k)
+    )
+    features._fitted_memo.clear()
 
     tracking = {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "t", "run_key": "k1"}
     validation = {
@@ -65,6 +78,7 @@ def test_evaluate_writes_metrics_report_and_tracks(archive_dir, split_dir, train
 
     stored = json.loads((out / "metrics.json").read_text())
     assert stored == metrics
+    spaces = metrics.pop("extractors")  # the one non-scalar entry: which feature space produced what
     for key in (
         "fid",
         "fid_ci_low",
@@ -87,11 +101,53 @@ def test_evaluate_writes_metrics_report_and_tracks(archive_dir, split_dir, train
     assert metrics["holdout_fid"] >= 0 and "holdout_fid_ci_low" not in metrics
     assert {f"holdout_{m}" for m in ("kid", "precision", "recall", "density", "coverage")} <= set(metrics)
     assert all(v is None or isinstance(v, float) for v in metrics.values())
+
+    # Both feature spaces, each with its identity; the medical one learned from the train split's rows only.
+    archive, split = open_archive(archive_dir), load_split(split_dir)
+    train_rows = split_rows(split, "train")
+    n_val = len(split_rows(split, "val"))
+    assert set(spaces) == {"pixels", "medical"}
+    assert spaces["pixels"] == {
+        "role": "primary",
+        "prefix": "",
+        "fingerprint": "area-16",
+        "dim": 256,
+        "n_real": len(train_rows),
+        "n_fake": metrics["n_synthetic"],
+        "n_holdout": n_val,
+        "metrics": ["fid", "kid", "precision", "recall", "density", "coverage"],
+    }
+    med = spaces["medical"]
+    assert med["role"] == "extra" and med["prefix"] == "medical_" and med["dim"] == medical.FEATURE_DIM
+    assert len(med["fingerprint"]) == 64 and (med["n_real"], med["n_holdout"]) == (len(train_rows), n_val)
+    assert med["trained_on"] == "real train split" and med["n_train"] == len(train_rows)
+    assert "from_cache" not in med and "train_seconds" not in med  # volatile: report.json only
+    assert len(fitted) == 1
+    np.testing.assert_array_equal(fitted[0].rows, train_rows)
+    np.testing.assert_array_equal(fitted[0].images, np.asarray(archive.images[train_rows]))
+    assert not set(fitted[0].rows) & (set(split_rows(split, "val")) | set(split_rows(split, "test")))
+    for name in ("fid", "kid", "precision", "recall", "density", "coverage"):
+        assert f"medical_{name}" in metrics and f"holdout_medical_{name}" in metrics, name
+        assert f"medical_{name}_ci_low" in metrics
+    assert metrics["medical_fid"] >= 0 and 0 <= metrics["medical_coverage"] <= 1
+    assert metrics["holdout_medical_fid"] != metrics["holdout_fid"]  # another space, not a copy
+    assert any(k.startswith("medical_fid.") for k in metrics)  # per class too
+
+    # Collapse metrics, overall and per class
+    assert metrics["min_class_diversity_ratio"] <= metrics["diversity_ratio"]
+    assert "lesion_spread_ratio" in metrics and "diversity_ratio.normal" in metrics
+    assert {"lesion_spread_ratio.benign", "lesion_spread_ratio.malignant"} <= set(metrics)
     html = (out / "report.html").read_text()
     assert "Samples per class" in html and "expect_x" in html and "pending" in html
     report = json.loads((out / "report.json").read_text())
     assert report["run_key"] == "k1" and report["class_distribution"]["train"]
     assert len(list((tmp_path / "cache").glob("pixels-*.npy"))) == 2  # the train split's, and val's for the selection
+    assert len(list((tmp_path / "cache").glob("medical-*.npy"))) == 2  # the same in the medical space
+    assert len(list((tmp_path / "cache").glob("medical-net-*.pt"))) == 1  # its weights
+    assert report["extractors"]["medical"]["from_cache"] is False
+    assert report["extractors"]["medical"]["fingerprint"] == med["fingerprint"]
+    assert "Feature space <b>medical</b> (extra)" in html and med["fingerprint"][:24] in html
+    assert "Feature space <b>pixels</b> (primary)" in html
 
     # One FID per EMA snapshot of the tiny run (6 steps, 5 snapshots); the last point is the final model, whose
     # samples (all of them: fid_curve_samples exceeds fid_samples) are the headline FID's when the selection kept it.
@@ -99,6 +155,11 @@ def test_evaluate_writes_metrics_report_and_tracks(archive_dir, split_dir, train
     assert curve["steps"] == [1, 2, 3, 4, 6] and len(curve["fid"]) == 5
     assert curve["n_samples"] == curve["n_samples_headline"] == metrics["n_synthetic"]
     assert all(v >= 0 for v in curve["fid"])
+    # collapse over training from the same samples, one value per snapshot
+    for name in ("diversity_ratio", "min_class_diversity_ratio", "lesion_spread_ratio"):
+        assert len(curve[name]) == 5, name
+    assert all(v is None or v >= 0 for v in curve["diversity_ratio"])
+    assert set(curve["per_class"]) <= {"normal", "benign", "malignant"}
     selection = report["selection"]
     assert selection["steps"] == curve["steps"] and selection["final_step"] == metrics["final_step"] == 6
     assert metrics["selected_step"] == selection["selected_step"] == curve["steps"][choose(selection["fid"])]
@@ -116,9 +177,19 @@ def test_evaluate_writes_metrics_report_and_tracks(archive_dir, split_dir, train
     history = logged.client.get_metric_history(logged.run_id, "eval/fid_curve")
     assert [m.step for m in history] == curve["steps"]
     assert [m.value for m in history] == pytest.approx(curve["fid"])
+    history = logged.client.get_metric_history(logged.run_id, "eval/diversity_ratio_curve")
+    defined = [s for s, v in zip(curve["steps"], curve["diversity_ratio"], strict=True) if v is not None]
+    assert [m.step for m in history] == defined
+    assert run.data.metrics["eval/medical_fid"] == pytest.approx(metrics["medical_fid"])
+    assert run.data.metrics["eval/min_class_diversity_ratio"] == pytest.approx(metrics["min_class_diversity_ratio"])
+    assert run.data.tags["eval.extractor.medical.fingerprint"] == med["fingerprint"]
+    assert run.data.tags["eval.extractor.pixels.n_fake"] == str(int(metrics["n_synthetic"]))
 
-    # Same inputs, same outputs on CPU (the real features now come from the cache).
+    # Same inputs, same outputs on CPU (the real features and the medical weights now come from the cache).
+    features._fitted_memo.clear()  # as in a new process
     again = evaluate(
         archive_dir, split_dir, trained_model, tmp_path / "eval2", tiny_cfg, None, cache_dir=tmp_path / "cache"
     )
-    assert again == metrics
+    assert again == {**metrics, "extractors": spaces}
+    assert len(fitted) == 1  # not trained again
+    assert json.loads((tmp_path / "eval2" / "report.json").read_text())["extractors"]["medical"]["from_cache"]

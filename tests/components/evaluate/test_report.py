@@ -223,3 +223,70 @@ def test_split_check_is_shown_beside_the_dataset_validation():
     passed = render_report({**report, "split_validation": {"success": True, "results": [ok]}})
     assert "No patient is in two splits" in passed
     assert "the split was made without the check" in render_report(full_report())
+
+
+def test_each_feature_space_has_its_table_with_the_extractor_and_sample_counts():
+    report = full_report()
+    report["metrics"].update({"medical_fid": 40.0, "holdout_medical_fid": 18.0, "medical_fid.benign": 60.0})
+    report["metrics"].update({"diversity_ratio": 0.4, "min_class_diversity_ratio": 0.1})
+    ident = {"dim": 2048, "n_real": 168, "n_fake": 128, "n_holdout": 48, "metrics": ["fid", "kid", "coverage"]}
+    report["extractors"] = {
+        "medical": {
+            **ident,
+            "role": "extra",
+            "prefix": "medical_",
+            "fingerprint": "ab" * 32,
+            "dim": 128,
+            "trained_on": "real train split",
+            "n_train": 168,
+            "from_cache": True,
+        },
+        "inception": {**ident, "role": "primary", "prefix": "", "fingerprint": "tf-inception-" + "c" * 40},
+    }
+    report["metrics"]["extractors"] = report["extractors"]  # as metrics.json carries it: not a metric row
+    html = render_report(report)
+    section = html.split("<h2>Metrics</h2>")[1].split("<h2>")[0]
+    primary, rest = section.split("Feature space <b>inception</b> (primary)")[1].split("Feature space <b>medical</b>")
+    assert (
+        "weights <code>tf-inception-ccccccccccc\u2026</code>, 2048-d; 168 real (train split) vs 128 synthetic"
+        in primary
+    )
+    assert "held-out real: 48 (val split)" in primary
+    assert re.search(r"<td>fid</td><td>12.5</td><td>\[10, 15\]</td><td>lower</td><td>5</td>", primary)
+    assert "medical_fid" not in primary
+    assert "<code>" + "ab" * 12 + "\u2026</code>, 128-d" in rest and "loaded from the cache" in rest
+    assert "trained here on the 168 images of the real train split only" in rest
+    medical_table, others = rest.split("<h3>Other metrics</h3>")
+    assert re.search(r"<td>medical_fid</td><td>40</td><td></td><td>lower</td><td>18</td>", medical_table)
+    assert "<td>dice_gain</td>" in others and "<td>dice_gain</td>" not in medical_table
+    assert re.search(r"<td>min_class_diversity_ratio</td><td>0.1</td><td></td><td>&asymp; 1</td>", others)
+    assert "extractors" not in others.split("<h3>Per class</h3>")[0]
+    assert re.search(r"<td>benign</td><td>medical_fid</td><td>medical</td><td>60</td>", section)
+    assert "inception (primary), medical (extra)" in html  # the header names both spaces
+    assert_self_contained(html)
+
+
+def test_collapse_ratios_are_charted_and_listed_beside_the_fid_curve():
+    curve = {
+        "steps": [200, 400, 1000],
+        "fid": [90.0, 60.0, 41.5],
+        "diversity_ratio": [0.2, 0.5, 0.7],
+        "min_class_diversity_ratio": [0.05, 0.3, None],
+        "lesion_spread_ratio": [0.0, 0.4, 0.8],
+        "n_samples": 64,
+    }
+    section = render_report({"fid_curve": curve}).split("<h2>FID over training</h2>")[1].split("<h2>")[0]
+    assert 'aria-label="collapse ratios by training step"' in section
+    assert "<th>diversity ratio (worst class)</th><th>lesion spread ratio (worst class)</th>" in section
+    assert "<td>400</td><td>60</td><td>0.5</td><td>0.3</td><td>0.4</td>" in section
+    assert "<td>1000</td><td>41.5</td><td>0.7</td><td>&ndash;</td><td>0.8</td>" in section
+
+
+def test_consistency_section_shows_the_lesion_spread_and_worst_class():
+    report = full_report()
+    report["consistency"].update(min_class_diversity_ratio=0.12, lesion_spread_ratio=0.05, diversity_ratio=0.5)
+    report["consistency"]["real"]["benign"]["lesion_spread"] = 9.5
+    report["consistency"]["synthetic"]["benign"]["lesion_spread"] = 0.5
+    section = render_report(report).split("consistency and diversity</h2>")[1].split("<h2>")[0]
+    assert "worst class: 0.12" in section and "worst lesion class: 0.05" in section
+    assert "<td>9.5</td><td>0.5</td></tr>" in section

@@ -79,3 +79,28 @@ def test_feature_cache_reuses_and_keys_by_data(tmp_path):
     extract_features(ex, images(4, seed=1), cache_dir=tmp_path, progress=False)
     assert len(list(tmp_path.glob("*.npy"))) == 2
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+def test_a_fitted_extractor_gets_the_fit_data_and_is_built_once_per_data(tmp_path, monkeypatch):
+    from components.metrics.features import FITTED, FeatureExtractor, FitData
+
+    calls = []
+
+    def factory(device, fit, cache_dir):
+        calls.append((device, fit, cache_dir))
+        return FeatureExtractor("mean", 1, f"mean-{len(calls)}", lambda x: x.mean(dim=(1, 2, 3))[:, None], device)
+
+    monkeypatch.setitem(features.EXTRACTORS, "mean", factory)
+    monkeypatch.setattr(features, "FITTED", {*FITTED, "mean"})
+    fit = FitData(images(3), np.array([0, 1, 1]), np.zeros((3, 32, 32), np.uint8), 2, np.array([4, 7, 9]))
+    first = get_extractor("mean", fit=fit, cache_dir=tmp_path)
+    assert calls == [("cpu", fit, tmp_path)] and get_extractor("mean", fit=fit, cache_dir=tmp_path) is first
+    same_data = FitData(fit.images.copy(), fit.labels, fit.masks, 2, fit.rows)
+    assert get_extractor("mean", fit=same_data, cache_dir=tmp_path) is first  # keyed by content, not identity
+    other = FitData(images(3, seed=5), fit.labels, fit.masks, 2, fit.rows)
+    assert get_extractor("mean", fit=other, cache_dir=tmp_path) is not first and len(calls) == 2
+    with pytest.raises(ConfigError, match="trained on the real train split"):
+        get_extractor("mean")
+    # the fixed extractors ignore fit data
+    assert get_extractor("pixels", fit=fit) is get_extractor("pixels")
+    features._fitted_memo.clear()
