@@ -104,9 +104,10 @@ class TrainConfig:
     r1_gamma: float = 0.1
     r1_interval: int = 16  # lazy R1: regularise D every this many steps
     # Weight of the mode-seeking term (MSGAN) in Gmain, against within-class mode collapse; 0 = off. Quickstart, 3 seeds
-    # (bench/RESULTS.md): the worst class's diversity ratio 0.23 -> 0.78 and medical-space recall 0.08 -> 0.32 for
-    # +4 % Inception FID; 0.005 overshoots (the real spread 1.1-4.6x, noise).
-    mode_seeking: float = 0.002
+    # at 0.002 (bench/RESULTS.md): the common classes' samples differ (worst class's diversity ratio 0.23 -> 0.78,
+    # medical-space recall 0.08 -> 0.32), but the rare class degenerates into texture without masks (its ratio 4.6):
+    # off by default until it can spare the rare class.
+    mode_seeking: float = 0.0
     # Minibatch-stddev group size in D (ProGAN/StyleGAN2; groups of one class), against mode collapse; 0 or 1 = off.
     # The per-process batch (batch_size / processes) must be a multiple of it. Quickstart, 3 seeds: FID 189 vs 208.
     mbstd_group: int = 4

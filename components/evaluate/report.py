@@ -27,10 +27,18 @@ from components.evaluate.spaces import EXTRACTORS_KEY, HOLDOUT
 # Metrics where a lower value is better; shown in the metrics table.
 LOWER_IS_BETTER = ("fid", "kid", "nn_copy_fraction", "mask_contrast_gap", "mask_label_mismatch")
 HIGHER_IS_BETTER = ("dice_real", "dice_real_synth", "dice_gain", "precision", "recall", "coverage")
-NEAR_ONE = ("density", "diversity_ratio", "min_class_diversity_ratio", "lesion_spread_ratio")  # 1: as real data
+# 1: as real data
+NEAR_ONE = (
+    "density",
+    "diversity_ratio",
+    "min_class_diversity_ratio",
+    "max_class_diversity_ratio",
+    "lesion_spread_ratio",
+)
 COLLAPSE_CURVES = {  # report.json fid_curve keys -> chart legend
     "diversity_ratio": "diversity ratio (mean)",
     "min_class_diversity_ratio": "diversity ratio (worst class)",
+    "max_class_diversity_ratio": "diversity ratio (most spread class)",
     "lesion_spread_ratio": "lesion spread ratio (worst class)",
 }
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")

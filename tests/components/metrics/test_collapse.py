@@ -79,6 +79,7 @@ def test_one_collapsed_class_shows_in_the_worst_class_ratio_not_only_in_the_mean
     out = collapse_ratios(real, class_statistics(images, masks, labels, CLASSES, LESION))
     assert out["min_class_diversity_ratio"] == pytest.approx(0.0, abs=1e-9)
     assert out["diversity_ratio"] == pytest.approx(2 / 3, abs=0.05)  # the mean hides two thirds of it
+    assert out["max_class_diversity_ratio"] == pytest.approx(1.0, abs=0.2)
     assert out["per_class"]["normal"]["diversity_ratio"] == pytest.approx(0.0, abs=1e-9)
     assert "lesion_spread_ratio" not in out["per_class"]["normal"]
 
@@ -108,3 +109,13 @@ def test_consistency_report_carries_the_collapse_figures():
     report = consistency_report(real, real)
     assert report["diversity_ratio"] == report["min_class_diversity_ratio"] == pytest.approx(1.0)
     assert report["lesion_spread_ratio"] == pytest.approx(1.0)
+
+
+def test_a_class_degenerated_into_noise_shows_in_the_most_spread_class_ratio():
+    real = class_statistics(*draw(60, seed=0), CLASSES, LESION)
+    images, masks, labels = draw(60, seed=1)
+    benign = labels == "benign"
+    images[benign] = np.random.default_rng(3).uniform(-1, 1, images[benign].shape)  # texture instead of anatomy
+    out = collapse_ratios(real, class_statistics(images, masks, labels, CLASSES, LESION))
+    assert out["max_class_diversity_ratio"] == pytest.approx(out["per_class"]["benign"]["diversity_ratio"])
+    assert out["max_class_diversity_ratio"] > 1.5 and out["min_class_diversity_ratio"] > 0.7  # only the max sees it

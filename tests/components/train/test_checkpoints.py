@@ -149,4 +149,4 @@ def test_a_key_the_checkpoint_predates_counts_with_its_default():
     del saved["train"]["mode_seeking"]
     assert trajectory_changes(json.dumps(saved), Config()) == {}
     changed = trajectory_changes(json.dumps(saved), resolve("quickstart", ["train.mode_seeking=0.01"]))
-    assert changed == {"train.mode_seeking": (Config().train.mode_seeking, 0.01)}
+    assert changed == {"train.mode_seeking": (0.0, 0.01)}
