@@ -179,6 +179,31 @@ def mask_stddev(mask: torch.Tensor, group: int, size: int = 4) -> torch.Tensor:
     return spread.repeat_interleave(g, dim=0).to(mask.dtype)
 
 
+def init_discriminator(
+    D: nn.Module, n_classes: int, channels: int, image_size: int, mbstd_group: int, mbstd_mask: bool
+) -> int:
+    """Check and store a discriminator's common settings on ``D``; returns ``log2(image_size)``."""
+    log2 = check_image_size(image_size)
+    if n_classes < 1 or channels < 1 or mbstd_group < 0:
+        raise ValueError(
+            f"n_classes and channels must be positive, mbstd_group not negative ({n_classes}, {channels}, "
+            f"{mbstd_group})"
+        )
+    D.n_classes, D.channels, D.image_size = n_classes, channels, image_size
+    D.mbstd_group = mbstd_group if mbstd_group > 1 else 0
+    D.mbstd_mask = bool(mbstd_mask and D.mbstd_group)
+    return log2
+
+
+def group_statistics(x: torch.Tensor, pair: torch.Tensor, group: int, mask: bool) -> torch.Tensor:
+    """``x`` (the 4x4 features) with the minibatch-stddev map and, with ``mask``, the mask-spread map appended."""
+    if group:
+        x = minibatch_stddev(x, group)
+    if mask:
+        x = torch.cat([x, mask_stddev(pair[:, 1:], group, x.shape[-1])], dim=1)
+    return x
+
+
 class Discriminator(nn.Module):
     """Projection discriminator (Miyato & Koyama 2018) with spectral norm on every layer.
 
@@ -202,20 +227,12 @@ class Discriminator(nn.Module):
         mbstd_mask: bool = False,
     ) -> None:
         super().__init__()
-        log2 = check_image_size(image_size)
-        if n_classes < 1 or channels < 1 or mbstd_group < 0:
-            raise ValueError(
-                f"n_classes and channels must be positive, mbstd_group not negative ({n_classes}, {channels}, "
-                f"{mbstd_group})"
-            )
-        self.n_classes, self.channels, self.image_size = n_classes, channels, image_size
-        self.mbstd_group = mbstd_group if mbstd_group > 1 else 0
-        self.mbstd_mask = bool(mbstd_mask and self.mbstd_group)
+        log2 = init_discriminator(self, n_classes, channels, image_size, mbstd_group, mbstd_mask)
         # Like the generator, nothing wide runs at full resolution: the first conv reads the pair with stride 2.
         width = [channel_width(channels, image_size, 2**k) for k in range(log2 - 1, 1, -1)]
         self.from_pair = spectral_norm(nn.Conv2d(2, width[0], 4, stride=2, padding=1))
         self.blocks = nn.Sequential(*(_DownBlock(width[i], width[i + 1]) for i in range(len(width) - 1)))
-        extra = (1 if self.mbstd_group else 0) + (1 if self.mbstd_mask else 0)
+        extra = int(bool(self.mbstd_group)) + int(self.mbstd_mask)
         self.final = spectral_norm(nn.Conv2d(width[-1] + extra, width[-1], 3, padding=1))
         self.linear = spectral_norm(nn.Linear(width[-1], 1))
         self.embed = spectral_norm(nn.Embedding(n_classes, width[-1]))
@@ -234,10 +251,7 @@ class Discriminator(nn.Module):
         x = torch.cat([pair[:, :1], pair[:, 1:] * 2 - 1], dim=1)
         x = F.leaky_relu(self.from_pair(x), LRELU_SLOPE)
         x = self.blocks(x)
-        if self.mbstd_group:
-            x = minibatch_stddev(x, self.mbstd_group)
-        if self.mbstd_mask:
-            x = torch.cat([x, mask_stddev(pair[:, 1:], self.mbstd_group, x.shape[-1])], dim=1)
+        x = group_statistics(x, pair, self.mbstd_group, self.mbstd_mask)
         x = F.leaky_relu(self.final(x), LRELU_SLOPE)
         h = x.sum(dim=(2, 3))  # sum pooling, as in SNGAN/BigGAN projection discriminators
         return self.linear(h).squeeze(1) + (self.embed(labels) * h).sum(dim=1)

@@ -32,7 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.gan.networks import LRELU_SLOPE, channel_width, check_image_size, mask_stddev, minibatch_stddev
+from components.gan.networks import (
+    LRELU_SLOPE,
+    channel_width,
+    check_image_size,
+    group_statistics,
+    init_discriminator,
+)
 
 
 def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -220,15 +226,7 @@ class ResidualDiscriminator(nn.Module):
         mbstd_mask: bool = False,
     ) -> None:
         super().__init__()
-        log2 = check_image_size(image_size)
-        if n_classes < 1 or channels < 1 or mbstd_group < 0:
-            raise ValueError(
-                f"n_classes and channels must be positive, mbstd_group not negative ({n_classes}, {channels}, "
-                f"{mbstd_group})"
-            )
-        self.n_classes, self.channels, self.image_size = n_classes, channels, image_size
-        self.mbstd_group = mbstd_group if mbstd_group > 1 else 0
-        self.mbstd_mask = bool(mbstd_mask and self.mbstd_group)
+        log2 = init_discriminator(self, n_classes, channels, image_size, mbstd_group, mbstd_mask)
         # The input conv reads every full-resolution pixel with stride 2 (a full-resolution feature map of any width
         # cost ~5x the whole old discriminator per step on a 2-core CPU); the residual blocks run from S/2 to 4x4.
         resolutions = [2**k for k in range(log2 - 1, 1, -1)]  # S/2, ..., 4
@@ -236,7 +234,7 @@ class ResidualDiscriminator(nn.Module):
         width = {r: min(4 * channels, w) for r, w in width.items()}
         self.from_pair = nn.Conv2d(2, width[image_size // 2], 4, stride=2, padding=1)
         self.blocks = nn.Sequential(*(_ResBlock(width[r], width[r // 2]) for r in resolutions[:-1]))
-        extra = (1 if self.mbstd_group else 0) + (1 if self.mbstd_mask else 0)
+        extra = int(bool(self.mbstd_group)) + int(self.mbstd_mask)
         self.final = nn.Conv2d(width[4] + extra, width[4], 3, padding=1)
         self.fc = nn.Linear(width[4] * 16, width[4])
         self.linear = nn.Linear(width[4], 1)
@@ -259,10 +257,7 @@ class ResidualDiscriminator(nn.Module):
         x = torch.cat([pair[:, :1], pair[:, 1:] * 2 - 1], dim=1)
         x = F.leaky_relu(self.from_pair(x), LRELU_SLOPE)
         x = self.blocks(x)
-        if self.mbstd_group:
-            x = minibatch_stddev(x, self.mbstd_group)
-        if self.mbstd_mask:
-            x = torch.cat([x, mask_stddev(pair[:, 1:], self.mbstd_group, x.shape[-1])], dim=1)
+        x = group_statistics(x, pair, self.mbstd_group, self.mbstd_mask)
         x = F.leaky_relu(self.final(x), LRELU_SLOPE)
         h = F.leaky_relu(self.fc(x.flatten(1)), LRELU_SLOPE)
         return self.linear(h).squeeze(1) + (self.embed(labels) * h).sum(dim=1)
