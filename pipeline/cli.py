@@ -31,9 +31,11 @@ def cmd_phantom(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     """Run the whole pipeline locally."""
+    from components.train.trainer import check_train_config
     from pipeline.local import run_local
 
     cfg = _config(args)
+    check_train_config(cfg)  # a bad train setting fails now, not after ingest, validation and the split
     print(f"medgan: running preset {cfg.preset!r} on {args.data} (kfp local runner, CPU/GPU auto)", flush=True)
     result = run_local(args.data, cfg, project_dir=args.project_dir)
     gate = result.decision

@@ -14,6 +14,7 @@ from pipeline.cli import main
         ("nolabels", ["run", "--data", "{tmp}/d"], "labels.csv not found"),
         (None, ["run", "--preset", "quikstart"], "unknown preset 'quikstart'"),
         (None, ["config", "--set", "train.stepz=1"], "did you mean steps"),
+        ("empty", ["run", "--data", "{tmp}/d", "--set", "train.g_arch=gan9000"], "train.g_arch must be one of"),
     ],
 )
 def test_user_mistakes_get_one_clear_line(tmp_path, capsys, setup, args, message):
