@@ -84,8 +84,8 @@ class ModulatedConv(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_ch))
         self.affine = nn.Linear(w_dim, in_ch)
         # Styles start around 1 and already depend on w (StyleGAN2: bias 1). Zero weights, i.e. styles exactly 1,
-        # made every sample of a class start as the same image, and training never left that (quickstart seed 0:
-        # within-class diversity ratio 0.06).
+        # make every sample of a class start as the same image (quickstart seed 0 ended at diversity ratio 0.06;
+        # with this init 0.21, still collapsed at 1000 steps: bench/RESULTS.md).
         nn.init.ones_(self.affine.bias)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
