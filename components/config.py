@@ -270,17 +270,18 @@ class Config:
 
     def flat(self) -> dict[str, Any]:
         """Dotted ``key: value`` pairs, as logged to MLflow params."""
-        out: dict[str, Any] = {}
+        return flatten(asdict(self))
 
-        def walk(prefix: str, obj: Any) -> None:
-            if isinstance(obj, dict):
-                for k, v in obj.items():
-                    walk(f"{prefix}{k}.", v)
-            else:
-                out[prefix[:-1]] = obj
 
-        walk("", asdict(self))
-        return out
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings (a config as plain data) as dotted ``key: value`` pairs; lists stay values."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
 
 
 # Presets override the dataclass defaults; each is a nested dict of the fields it changes.

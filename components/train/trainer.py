@@ -49,7 +49,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from components.archive import open_archive
-from components.config import Config
+from components.config import Config, flatten
 from components.errors import ConfigError, DataError, TrainingError
 from components.fsio import atomic_write
 from components.gan.loss import PhasedLoss
@@ -293,22 +293,12 @@ def trajectory_changes(saved_config: str, cfg: Config) -> dict[str, tuple[Any, A
     the checkpoint's config lacks (added to the code after it was written) counts with its default value.
     """
     defaults = Config().flat()
-    saved = {**defaults, **_flatten(json.loads(saved_config))}
+    saved = {**defaults, **flatten(json.loads(saved_config))}
     now = cfg.flat()
     keys = [
         k for k in now if k in RESUME_COMPARED_KEYS or (k.startswith("train.") and k[6:] not in RESUME_SAFE_TRAIN_KEYS)
     ]
     return {k: (saved.get(k), now[k]) for k in keys if saved.get(k) != now[k]}
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
 
 
 def check_train_config(cfg: Config) -> None:
