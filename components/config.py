@@ -108,6 +108,11 @@ class TrainConfig:
     # medical-space recall 0.08 -> 0.32), but the rare class degenerates into texture without masks (its ratio 4.6):
     # off by default until it can spare the rare class.
     mode_seeking: float = 0.0
+    # Bound on the mode-seeking push (DSGAN, Yang et al. 2019, clamp the ratio at tau), per class: a pair's
+    # image-distance / latent-distance ratio counts at most this many times the real class's typical ratio (mean L1
+    # between two real train images of the class over E|z1 - z2|), so a class is spread up to the real variety and
+    # not beyond it into noise. 0 = unbounded (MSGAN).
+    mode_seeking_bound: float = 0.0
     # Minibatch-stddev group size in D (ProGAN/StyleGAN2; groups of one class), against mode collapse; 0 or 1 = off.
     # The per-process batch (batch_size / processes) must be a multiple of it. Quickstart, 3 seeds: FID 189 vs 208.
     mbstd_group: int = 4

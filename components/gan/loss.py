@@ -50,6 +50,7 @@ class PhasedLoss:
         autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
         D_reg: nn.Module | None = None,
         mode_seeking: float = 0.0,
+        mode_seeking_cap: torch.Tensor | None = None,
         group_by_class: bool = False,
     ) -> None:
         if loss not in LOSSES:
@@ -65,6 +66,7 @@ class PhasedLoss:
         self.augment = parse_policy(augment)
         self.autocast = autocast or contextlib.nullcontext
         self.mode_seeking = float(mode_seeking)
+        self.mode_seeking_cap = mode_seeking_cap  # per class: the ratio counts at most this much (None: unbounded)
         self.group_by_class = group_by_class
 
     def _run_D(
@@ -125,6 +127,8 @@ class PhasedLoss:
             # their latents; minimising the inverse ratio spreads a class over more of its modes.
             a, b = fake[:half].float(), fake[half : 2 * half].float()
             ratio = (a - b).abs().mean(dim=(1, 2, 3)) / (gen_z[:half] - gen_z[half : 2 * half]).abs().mean(dim=1)
+            if self.mode_seeking_cap is not None:  # DSGAN's clamp: no push for a pair already as far apart as reals
+                ratio = torch.minimum(ratio, self.mode_seeking_cap[gen_labels[:half]])
             loss = loss + self.mode_seeking / (ratio.mean() + 1e-5)
         loss.backward()
         return stats

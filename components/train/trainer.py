@@ -338,6 +338,7 @@ def check_train_config(cfg: Config) -> None:
         "prefetch",
         "fid_snapshots",
         "mode_seeking",
+        "mode_seeking_bound",
         "mbstd_group",
     ):
         if getattr(tc, key) < 0:
@@ -490,6 +491,7 @@ class Trainer:
             autocast,
             D_reg=self.D_train,
             mode_seeking=tc.mode_seeking,
+            mode_seeking_cap=self._mode_seeking_cap() if tc.mode_seeking > 0 and tc.mode_seeking_bound > 0 else None,
             group_by_class=tc.mbstd_group > 1,  # D's minibatch-stddev groups then hold one class each
         )
 
@@ -537,6 +539,31 @@ class Trainer:
         self.row_labels = torch.from_numpy(archive.manifest["label_idx"].to_numpy(np.int64)[index])
         self.weights = torch.tensor(train["weight"].to_numpy(np.float64))
         self.dataset_hash = archive.meta.get("dataset_hash", "")
+
+    def _mode_seeking_cap(self, max_per_class: int = 128) -> torch.Tensor:
+        """Per class: ``train.mode_seeking_bound`` x the real class's typical image-distance / latent-distance ratio.
+
+        The real ratio is the mean L1 distance (over image and mask pixels) between two different real train pairs of
+        the class, over E|z1 - z2| = 2 / sqrt(pi) per latent element of two standard normal latents. At most
+        ``max_per_class`` rows of a class enter (the first ones, in split order: deterministic); a class with fewer
+        than 2 train rows gets the mean of the other classes' caps (all classes: no cap, i.e. infinity).
+        """
+        labels = self.row_labels.numpy()
+        ratios = torch.full((len(self.classes),), float("nan"), dtype=torch.float64)
+        for c in range(len(self.classes)):
+            rows = self.rows[labels == c][:max_per_class]
+            if len(rows) < 2:
+                continue
+            images = np.asarray(self.archive.images[np.sort(rows)], dtype=np.float64)
+            masks = np.asarray(self.archive.masks[np.sort(rows)], dtype=np.float64)
+            x = torch.from_numpy(np.stack([images, masks], axis=1).reshape(len(rows), -1))
+            pairwise = torch.cdist(x, x, p=1) / x.shape[1]
+            mean = pairwise.sum() / (len(rows) * (len(rows) - 1))  # the diagonal is 0
+            ratios[c] = mean / (2 / math.sqrt(math.pi))
+        known = ratios[torch.isfinite(ratios)]
+        fill = known.mean() if len(known) else torch.tensor(float("inf"), dtype=torch.float64)
+        ratios = torch.where(torch.isfinite(ratios), ratios, fill)
+        return (self.cfg.train.mode_seeking_bound * ratios).float().to(self.device)
 
     def _draw(self, step: int, salt: int) -> Batch:
         """Step ``step``'s generator and the weighted batch of real pairs (image, mask as float) + labels it drew.

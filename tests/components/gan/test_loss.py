@@ -55,6 +55,27 @@ def test_mode_seeking_pushes_two_latents_of_a_class_apart():
     assert spread_after(1.0) > 1.5 * spread_after(0.0)
 
 
+def test_mode_seeking_cap_stops_the_push_for_pairs_already_as_far_apart_as_reals():
+    z, labels = torch.randn(6, 16, generator=torch.Generator().manual_seed(4)), torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def grads(cap):
+        G, D = _nets()
+        D.requires_grad_(False)
+        loss = PhasedLoss(G, D, mode_seeking=0.5, mode_seeking_cap=cap)
+        loss.accumulate_gradients("Gmain", None, None, z, labels, torch.Generator().manual_seed(1))
+        return torch.cat([p.grad.flatten() for p in G.parameters()])
+
+    _, adversarial_only = _g_grads(0.0, z, labels)
+    unbounded = grads(None)
+    assert not torch.allclose(unbounded, adversarial_only)
+    # A cap far above every pair's ratio changes nothing; a cap of 0 (every pair "far enough") removes the term.
+    assert torch.allclose(grads(torch.full((3,), 1e6)), unbounded)
+    assert torch.allclose(grads(torch.zeros(3)), adversarial_only, atol=1e-7)
+    # Capping class 0 only leaves classes 1 and 2 pushing: a gradient between the two.
+    partial = grads(torch.tensor([0.0, 1e6, 1e6]))
+    assert not torch.allclose(partial, unbounded) and not torch.allclose(partial, adversarial_only, atol=1e-7)
+
+
 class RecordingD(Discriminator):
     """A discriminator that remembers the labels of every call."""
 

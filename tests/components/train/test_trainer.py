@@ -188,6 +188,7 @@ def test_repeated_nan_raises_training_error(train_data, tmp_path, monkeypatch):
         "train.ema_decay=1.0",
         "train.lr_d=0",
         "train.mode_seeking=-0.1",
+        "train.mode_seeking_bound=-1",
         "train.mbstd_group=-1",
         "train.nproc=3",
     ],
@@ -209,3 +210,22 @@ def test_the_effective_ema_decay_is_warmed_up_and_logged(train_data, tmp_path):
     assert ema_beta(0.999, 999) == pytest.approx(1000 / 1009)
     assert math.log(0.5) / math.log(ema_beta(0.999, 999)) == pytest.approx(77.4, abs=0.1)
     assert ema_beta(0.999, 8990) == pytest.approx(0.999) and ema_beta(0.999, 10**6) == 0.999
+
+
+def test_mode_seeking_cap_is_the_bound_times_each_real_class_s_pairwise_distance(train_data, tmp_path):
+    archive, split = train_data
+    cfg = resolve("tiny", ["train.mode_seeking=0.01", "train.mode_seeking_bound=2"])
+    trainer = Trainer(archive, split, tmp_path / "m", cfg, None)
+    cap = trainer.loss.mode_seeking_cap
+    assert cap is not None and cap.shape == (len(trainer.classes),)
+    labels = trainer.row_labels.numpy()
+    for c in range(len(trainer.classes)):  # the same value by brute force over the class's train pairs
+        rows = np.sort(trainer.rows[labels == c])
+        x = np.stack([trainer.archive.images[rows], trainer.archive.masks[rows]], axis=1).astype(np.float64)
+        x = x.reshape(len(rows), -1)
+        pairs = [np.abs(x[i] - x[j]).mean() for i in range(len(x)) for j in range(len(x)) if i != j]
+        assert cap[c].item() == pytest.approx(2 * np.mean(pairs) / (2 / math.sqrt(math.pi)), rel=1e-5)
+    unbounded = Trainer(archive, split, tmp_path / "n", resolve("tiny", ["train.mode_seeking=0.01"]), None)
+    assert unbounded.loss.mode_seeking_cap is None
+    summary = trainer.fit()
+    assert np.isfinite(summary["final_losses"]["loss_g"])
