@@ -17,6 +17,7 @@ from typing import Any
 from components.errors import ConfigError
 
 SELECT_SNAPSHOT = ("best_fid", "last")  # eval.select_snapshot: lowest val FID among the snapshots, or the final model
+SEVERITIES = ("warning", "critical")  # validate.patients_per_class_severity: report it, or stop the pipeline
 
 
 @dataclass
@@ -64,6 +65,21 @@ class ValidateConfig:
     # Class-distribution drift against the champion model's data: a class whose share of the images moved by more
     # than this (absolute difference of fractions) is reported as a warning. Skipped when there is no champion.
     max_class_drift: float = 0.1
+    # After the patient-level split (rebalance stage): a class with fewer patients than this in any of train/val/test
+    # is reported, naming the class, the split and the count; every rare-class metric of that split would rest on
+    # them. "warning" logs it and shows it in the report; "critical" stops the pipeline before training.
+    min_patients_per_class: int = 2
+    patients_per_class_severity: str = "warning"
+
+    def __post_init__(self) -> None:
+        """Reject a bad value when the config is built, not after ingest and validation."""
+        if self.min_patients_per_class < 0:
+            raise ConfigError(f"validate.min_patients_per_class must be 0 or more, got {self.min_patients_per_class}")
+        if self.patients_per_class_severity not in SEVERITIES:
+            raise ConfigError(
+                f"validate.patients_per_class_severity must be one of {', '.join(SEVERITIES)}, "
+                f"got {self.patients_per_class_severity!r}"
+            )
 
 
 @dataclass

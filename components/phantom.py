@@ -146,8 +146,13 @@ def write_phantom(
 
     Layout: ``dicom/<case>/<slice>.dcm``, ``masks/<case>/<slice>.png`` (uint8 0/255, lesion slices only) and
     ``labels.csv`` with columns ``file,label,patient_id,mask_file`` (paths relative to ``out_dir``; ``mask_file``
-    empty for class normal). With the defaults about 70/25/5 % of the images are normal/benign/malignant:
-    1/8 of the patients carry a malignant lesion on 5/12 of their slices, 1/3 a benign one on 3/4 of their slices.
+    empty for class normal). A lesion spans consecutive slices; the other slices of its patient are labelled normal.
+    5/12 of the patients carry a malignant lesion on 1/6 of their slices, 5/12 a benign one on 7/12 of their slices
+    (at least one normal-only patient is kept). With the defaults (24 patients x 12 slices = 288 images) that is
+    10 malignant patients with 2 lesion slices each and 10 benign ones with 7: 198/70/20 images, 68.75/24.3/6.9 %
+    normal/benign/malignant. The rare class is spread over many patients, few slices each, so that the default
+    patient-level split (``split.val_fraction`` 0.15, ``split.test_fraction`` 0.2) puts 6/2/2 malignant patients
+    in train/val/test instead of resting each split's rare-class metrics on a single patient.
 
     The folder is built beside ``out_dir`` and moved into place when complete; an existing phantom there is
     replaced, any other non-empty folder is left alone and refused.
@@ -186,8 +191,11 @@ def write_phantom(
 
 def _plan_patients(rng: np.random.Generator, seed: int, n: int, n_slices: int, size: int) -> list[_Patient]:
     """Draw every patient's class, scanner, fake identity, anatomy and lesion; the order of draws is fixed."""
-    n_malignant = max(1, round(n / 8))
-    n_benign = max(1, round(n / 3))
+    # Many lesion patients with few lesion slices each: every split of a patient-level split then holds several
+    # patients of each lesion class while the malignant share of the images stays small (10 malignant, 10 benign and
+    # 4 normal patients at the defaults: 6.9 % of the images malignant).
+    n_malignant = min(max(1, round(n * 5 / 12)), n - 2)
+    n_benign = max(1, min(round(n * 5 / 12), n - n_malignant - 1))
     labels = ["malignant"] * n_malignant + ["benign"] * n_benign + ["normal"] * (n - n_malignant - n_benign)
     labels = [labels[i] for i in rng.permutation(n)]
     # About one patient in six comes from a department that exports MONOCHROME1; at least one, so it is exercised.
@@ -199,8 +207,8 @@ def _plan_patients(rng: np.random.Generator, seed: int, n: int, n_slices: int, s
         birth = f"{int(rng.integers(1938, 1996))}{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}"
         n_lesion = {
             "normal": 0,
-            "benign": max(1, round(n_slices * 3 / 4)),
-            "malignant": max(1, round(n_slices * 5 / 12)),
+            "benign": max(1, round(n_slices * 7 / 12)),
+            "malignant": max(1, round(n_slices / 6)),
         }[label]
         start = (n_slices - n_lesion) // 2 + int(rng.integers(-1, 2)) if n_lesion < n_slices else 0
         start = min(max(start, 0), n_slices - n_lesion)

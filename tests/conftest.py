@@ -31,7 +31,7 @@ def tiny_cfg():
 
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory) -> Path:
-    """A small phantom DICOM set: 9 patients (1 rare-class), 6 slices each, 64 px."""
+    """A small phantom DICOM set: 9 patients (4 malignant, 4 benign, 1 normal), 6 slices each, 64 px."""
     from components.phantom import write_phantom
 
     return write_phantom(

@@ -642,10 +642,32 @@ def _split_check(check: dict[str, Any] | None) -> str:
     results = check.get("results", [])
     verdict = (
         '<p class="good">No patient is in two splits; every sample is in exactly one known split.</p>'
-        if check.get("success") and not any(not x.get("success") for x in results)
+        if check.get("success") and not any(not x.get("success") for x in results if x.get("batch") != "class_patients")
         else ""
     )
-    return verdict + _expectation_counts(results) + _expectation_table(results)
+    return (
+        verdict
+        + _patients_per_class(check.get("patients_per_class"))
+        + _expectation_counts(results)
+        + _expectation_table(results)
+    )
+
+
+def _patients_per_class(check: dict[str, Any] | None) -> str:
+    """Whether every class has ``validate.min_patients_per_class`` patients in every split, and where it has not."""
+    if not check:
+        return ""
+    minimum = _fmt(check.get("min_patients_per_class"))
+    shortfalls = check.get("shortfalls") or []
+    if not shortfalls:
+        return f'<p class="good">Every class has at least {minimum} patients in every split.</p>'
+    severity = "bad" if check.get("severity") == "critical" else "pending"
+    return (
+        f'<p class="{severity}">Classes with fewer than {minimum} patients in a split (validate.min_patients_per_class;'
+        f" their metrics on that split rest on so few patients):</p><ul>"
+        + "".join(f"<li>{_e(line)}</li>" for line in shortfalls)
+        + "</ul>"
+    )
 
 
 def _expectation_counts(results: list[dict[str, Any]]) -> str:

@@ -4,7 +4,9 @@ No patient ever appears in two splits: slices of one patient are strongly correl
 downstream metric (FID against held-out data, Dice on test patients) optimistic. Patients are stratified by the
 rarest class among their images so that rare classes reach every split when there are enough such patients. The
 finished split table goes through the split suite of great-expectations (:func:`components.validate.core.check_split`)
-before it is written: a patient in two splits is a critical failure that stops the pipeline.
+before it is written: a patient in two splits is a critical failure that stops the pipeline; a class with fewer than
+``validate.min_patients_per_class`` patients in a split is printed as a warning, or stops the pipeline too when
+``validate.patients_per_class_severity`` is critical.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -130,10 +133,16 @@ def rebalance(
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    # Raises ValidationFailed (nothing written but the check's Data Docs) if a patient landed in two splits.
+    # Raises ValidationFailed (nothing written but the check's Data Docs) if a patient landed in two splits, or a class
+    # has too few patients in a split and validate.patients_per_class_severity is critical.
     if check:
         result = check_split(table, out / SPLIT_CHECK_DIR, cfg, tracker)
         summary["split_check"] = {k: result[k] for k in ("success", "n_expectations", "n_warnings")}
+        shortfalls = result["patients_per_class"]["shortfalls"]  # a critical one raised in check_split
+        summary["split_check"]["patients_per_class_shortfalls"] = shortfalls
+        for line in shortfalls:
+            note = "validate.patients_per_class_severity=critical stops on it"
+            print(f"[rebalance] warning: {line} ({note})", file=sys.stderr)
     else:  # an earlier check's results would vouch for a split they never saw
         shutil.rmtree(out / SPLIT_CHECK_DIR, ignore_errors=True)
     tmp = out / ".split.parquet.tmp"

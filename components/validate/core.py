@@ -3,7 +3,9 @@
 The archive suite (:func:`validate`) checks three batches: the manifest (one row per image, with its statistics and
 the shape and dtype of the memory-mapped arrays it points into), a per-class table, and, when the MLflow registry
 holds a ``champion`` model, the class fractions next to those of the champion's data (drift). The split suite
-(:func:`check_split`, run by the rebalance stage) checks that no patient appears in two splits.
+(:func:`check_split`, run by the rebalance stage) checks that no patient appears in two splits, and that every class
+has ``validate.min_patients_per_class`` patients or more in each split (its severity is
+``validate.patients_per_class_severity``).
 
 Every expectation carries a severity in its ``meta``: a failed ``critical`` expectation stops the pipeline with a
 short summary, a failed ``warning`` is logged and shown in the report. Thresholds come from ``ValidateConfig``.
@@ -155,13 +157,24 @@ def build_expectations(cfg: Config, image_size: int | None = None, drift: bool =
 
 
 def split_expectations(cfg: Config) -> dict[str, list[Any]]:
-    """The split suite: every sample in exactly one known split, and no patient in two splits (all critical).
+    """The split suite: one known split per sample, no patient in two splits, enough patients per class and split.
 
-    The ``patients`` batch (see :func:`patient_split_table`) has one row per patient whose ``leak`` names the
-    splits of a patient found in more than one, and is null otherwise.
+    The first two are critical; the third has the severity ``validate.patients_per_class_severity``. The
+    ``patients`` batch (see :func:`patient_split_table`) has one row per patient whose ``leak`` names the splits of
+    a patient found in more than one, and is null otherwise; the ``class_patients`` batch (see
+    :func:`class_patients_table`) one row per split and class whose ``shortfall`` says what is missing, or is null.
     """
     import great_expectations.expectations as gxe
 
+    v = cfg.validate
+    enough = gxe.ExpectColumnValuesToBeNull(column="shortfall")
+    enough = crit(enough) if v.patients_per_class_severity == CRITICAL else warn(enough)
+    other, effect = (WARNING, "only report it") if enough.meta["severity"] == CRITICAL else (CRITICAL, "stop on it")
+    enough.meta["hint"] = (
+        f"every class needs validate.min_patients_per_class={v.min_patients_per_class} patients in each split: "
+        f"add patients of the class, change the split fractions, or set validate.patients_per_class_severity="
+        f"{other} to {effect}"
+    )
     return {
         "split": [
             *[crit(gxe.ExpectColumnValuesToNotBeNull(column=c)) for c in ("sample_id", "patient", "label", "split")],
@@ -171,6 +184,7 @@ def split_expectations(cfg: Config) -> dict[str, list[Any]]:
             crit(gxe.ExpectColumnValuesToBeBetween(column="weight", min_value=0.0)),
         ],
         "patients": [crit(gxe.ExpectColumnValuesToBeNull(column="leak"))],
+        "class_patients": [enough],
     }
 
 
@@ -255,6 +269,7 @@ def run_checks(
                             "unexpected_count": int(r.result.get("unexpected_count") or 0),
                             "observed": _short(r.result.get("observed_value")),
                             "examples": [_short(x) for x in (r.result.get("partial_unexpected_list") or [])[:3]],
+                            **({"hint": conf.meta["hint"]} if (conf.meta or {}).get("hint") else {}),
                         }
                     )
         if docs.exists():
@@ -388,15 +403,41 @@ def patient_split_table(table: pd.DataFrame) -> pd.DataFrame:
     return out.astype({"leak": object})
 
 
+def class_patients_table(table: pd.DataFrame, classes: list[str], minimum: int) -> pd.DataFrame:
+    """One row per split and class (zero counts included): its number of patients and its ``shortfall``.
+
+    ``shortfall`` reads "<class>: <n> patient(s) in <split>, below validate.min_patients_per_class=<minimum>" when
+    the class has fewer than ``minimum`` patients there, and is None otherwise.
+    """
+    rows = []
+    for split in SPLITS:
+        in_split = table[table["split"] == split]
+        for cls in classes:
+            n = int(in_split.loc[in_split["label"] == cls, "patient"].nunique())
+            patients = f"{n} patient{'' if n == 1 else 's'}"
+            short = f"{cls}: {patients} in {split}, below validate.min_patients_per_class={minimum}"
+            rows.append({"split": split, "label": cls, "n_patients": n, "shortfall": short if n < minimum else None})
+    return pd.DataFrame(rows).astype({"shortfall": object})
+
+
 def check_split(
     table: pd.DataFrame, out_dir: str | os.PathLike[str], cfg: Config, tracker: Any = None
 ) -> dict[str, Any]:
     """Validate a split table (rebalance's ``split.parquet`` columns): raise ``ValidationFailed`` on a patient leak.
 
-    Data Docs and ``validation.json`` go to ``out_dir`` and to the MLflow artifacts under ``validation/split``.
+    A class with fewer than ``validate.min_patients_per_class`` patients in a split raises too when
+    ``validate.patients_per_class_severity`` is critical, and is a warning otherwise. Data Docs and
+    ``validation.json`` go to ``out_dir`` and to the MLflow artifacts under ``validation/split``. The summary's
+    ``patients_per_class`` holds the minimum, the severity, the patients per split and class, and one readable line
+    per shortfall.
     """
+    v = cfg.validate
+    per_class = class_patients_table(table, list(cfg.data.classes), v.min_patients_per_class)
+    counts = {s: {c: 0 for c in cfg.data.classes} for s in SPLITS}
+    for row in per_class.itertuples():
+        counts[row.split][row.label] = row.n_patients
     return run_checks(
-        {"split": table, "patients": patient_split_table(table)},
+        {"split": table, "patients": patient_split_table(table), "class_patients": per_class},
         split_expectations(cfg),
         out_dir,
         what="split validation",
@@ -404,6 +445,14 @@ def check_split(
         tracker=tracker,
         artifact_path="validation/split",
         metric_prefix="validate/split",
+        extra={
+            "patients_per_class": {
+                "min_patients_per_class": v.min_patients_per_class,
+                "severity": v.patients_per_class_severity,
+                "counts": counts,
+                "shortfalls": per_class["shortfall"].dropna().tolist(),
+            }
+        },
     )
 
 
@@ -416,6 +465,8 @@ def format_failures(failed: list[dict[str, Any]], n_rows: int, what: str = "data
         observed = f" (observed {r['observed']})" if r["observed"] not in ("", None) else ""
         examples = f", e.g. {', '.join(map(str, r['examples']))}" if r["examples"] else ""
         lines.append(f"  - [{r['batch']}] {r['expectation']}{where}{count}{observed}{examples}")
+        if r.get("hint"):
+            lines.append(f"    {r['hint']}")
     return "\n".join(lines)
 
 

@@ -42,6 +42,12 @@ def test_overrides_are_typed(override, path, expected):
         ("quickstart", ["train=3"], "must be a mapping"),
         ("quickstart", ["eval.select_snapshot=best"], "eval.select_snapshot must be one of best_fid, last, got 'best'"),
         ("quickstart", ["eval.extra_extractors=medical,medical"], "eval.extra_extractors must name each space once"),
+        (
+            "quickstart",
+            ["validate.patients_per_class_severity=fail"],
+            "validate.patients_per_class_severity must be one of warning, critical, got 'fail'",
+        ),
+        ("quickstart", ["validate.min_patients_per_class=-1"], "validate.min_patients_per_class must be 0 or more"),
     ],
 )
 def test_bad_config_is_a_clear_error(preset, overrides, message):

@@ -2,13 +2,16 @@ import csv
 import hashlib
 
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 from PIL import Image
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
+from components.config import resolve
 from components.errors import ConfigError, DataError
-from components.phantom import PHI_TAGS, write_phantom
+from components.phantom import CLASSES, PHI_TAGS, write_phantom
+from components.rebalance.core import split_patients
 
 SMALL = {"n_patients": 6, "slices_per_patient": 4, "size": 64}
 # The six header fields the spec names as PHI; each must be filled so leaks can be detected downstream.
@@ -103,12 +106,31 @@ def test_default_class_proportions(default_phantom):
     rows = read_labels(default_phantom)
     counts = {c: sum(r["label"] == c for r in rows) for c in ("normal", "benign", "malignant")}
     assert len(rows) == 288
-    assert counts == {"normal": 201, "benign": 72, "malignant": 15}  # about 70 / 25 / 5 %
+    assert counts == {"normal": 198, "benign": 70, "malignant": 20}  # 68.75 / 24.3 / 6.9 %
     per_patient = {}
     for r in rows:
-        per_patient.setdefault(r["patient_id"], set()).add(r["label"])
+        per_patient.setdefault(r["patient_id"], []).append(r["label"])
     kinds = [max(labels, key=["normal", "benign", "malignant"].index) for labels in per_patient.values()]
-    assert (kinds.count("malignant"), kinds.count("benign"), kinds.count("normal")) == (3, 8, 13)
+    assert (kinds.count("malignant"), kinds.count("benign"), kinds.count("normal")) == (10, 10, 4)
+    for labels in per_patient.values():  # a lesion spans consecutive slices; the patient's other slices are normal
+        lesion = [k for k, label in enumerate(labels) if label != "normal"]
+        assert lesion == list(range(min(lesion, default=0), max(lesion, default=-1) + 1))
+        assert len(lesion) == {"normal": 0, "benign": 7, "malignant": 2}[max(labels, key=CLASSES.index)]
+
+
+def test_quickstart_split_has_several_patients_of_every_class_in_every_split(default_phantom):
+    """The sample data `make data` writes, split as the quickstart splits it: no split's class rests on one patient."""
+    cfg = resolve("quickstart")
+    manifest = pd.DataFrame(read_labels(default_phantom)).rename(columns={"patient_id": "patient"})
+    split = split_patients(manifest, list(CLASSES), cfg.split.val_fraction, cfg.split.test_fraction, cfg.seed)
+    manifest["split"] = manifest["patient"].map(split)
+    patients = manifest.groupby(["split", "label"])["patient"].nunique().unstack().to_dict(orient="index")
+    assert patients == {
+        "train": {"normal": 14, "benign": 6, "malignant": 6},
+        "val": {"normal": 5, "benign": 2, "malignant": 2},
+        "test": {"normal": 5, "benign": 2, "malignant": 2},
+    }
+    assert min(min(row.values()) for row in patients.values()) >= cfg.validate.min_patients_per_class
 
 
 def test_labels_and_masks_are_consistent(default_phantom):

@@ -54,3 +54,15 @@ def test_critical_validation_failure_stops_the_pipeline_with_its_summary(phantom
         match=r"(?s)pipeline stopped at validate: data validation failed.*'n_images': 3 row\(s\) unexpected",
     ):
         run_local(phantom_dir, cfg, project_dir=tmp_path)
+
+
+def test_too_few_patients_of_a_class_in_a_split_stops_the_pipeline_when_critical(phantom_dir, tmp_path):
+    # The tiny phantom's four malignant patients split 2/1/1: one in val and one in test, below the default two.
+    cfg = resolve("tiny", ["validate.patients_per_class_severity=critical"])
+    with pytest.raises(MedganError) as info:
+        run_local(phantom_dir, cfg, project_dir=tmp_path)
+    message = str(info.value)
+    assert message.startswith("pipeline stopped at rebalance: split validation failed: 1 critical expectation")
+    assert "malignant: 1 patient in val, below validate.min_patients_per_class=2" in message
+    assert "set validate.patients_per_class_severity=warning to only report it" in message
+    assert "Traceback" not in message

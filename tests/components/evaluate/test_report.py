@@ -225,6 +225,28 @@ def test_split_check_is_shown_beside_the_dataset_validation():
     assert "the split was made without the check" in render_report(full_report())
 
 
+def test_split_check_names_the_classes_with_too_few_patients_in_a_split():
+    short = "malignant: 1 patient in val, below validate.min_patients_per_class=2"
+    warning = {
+        "batch": "class_patients",
+        "expectation": "expect_column_values_to_be_null",
+        "column": "shortfall",
+        "success": False,
+        "severity": "warning",
+        "unexpected_count": 1,
+    }
+    per_class = {"min_patients_per_class": 2, "severity": "warning", "shortfalls": [short]}
+    check = {"success": True, "results": [warning], "patients_per_class": per_class}
+    section = render_report({**full_report(), "split_validation": check}).split("Patient-level split")[1]
+    assert "No patient is in two splits" in section  # a warning about class counts is no leak
+    assert '<p class="pending">Classes with fewer than 2 patients in a split' in section
+    assert f"<li>{short}</li>" in section and "1 failed (0 critical, 1 warnings)" in section
+    enough = {**check, "results": [{**warning, "success": True}], "patients_per_class": {**per_class, "shortfalls": []}}
+    assert "Every class has at least 2 patients in every split." in render_report(
+        {**full_report(), "split_validation": enough}
+    )
+
+
 def test_each_feature_space_has_its_table_with_the_extractor_and_sample_counts():
     report = full_report()
     report["metrics"].update({"medical_fid": 40.0, "holdout_medical_fid": 18.0, "medical_fid.benign": 60.0})

@@ -22,7 +22,7 @@ SALT = "unit-test-salt"
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
-    """6 patients x 4 slices at 64 px: 16 normal, 6 benign, 2 malignant images."""
+    """6 patients x 4 slices at 64 px: 18 normal, 4 benign, 2 malignant images."""
     return write_phantom(
         tmp_path_factory.mktemp("phantom") / "data", seed=5, n_patients=6, slices_per_patient=4, size=64
     )
@@ -62,7 +62,7 @@ def first(root, label):
 def test_phantom_ingests_into_a_complete_archive(data, cfg, tmp_path):
     summary = ingest(data, tmp_path / "archive", cfg, dataset_version={"rev": "abc123"}, salt=SALT)
     assert summary["n_ok"] == 24 and summary["n_quarantined"] == 0 and summary["quarantined_by_reason"] == {}
-    assert summary["counts"] == {"normal": 16, "benign": 6, "malignant": 2}
+    assert summary["counts"] == {"normal": 18, "benign": 4, "malignant": 2}
     archive = open_archive(summary["archive"])
     assert list(archive.manifest.columns) == MANIFEST_COLUMNS
     assert archive.images.shape == archive.masks.shape == (24, 32, 32)
