@@ -264,8 +264,11 @@ class ArchiveWriter:
                 setattr(self, f"_{name}", None)
                 source.unlink()
 
-    def commit(self, meta: dict[str, Any]) -> Path:
-        """Compact, write manifest/quarantine/metadata and atomically move the archive into place."""
+    def commit(self, meta: dict[str, Any], sidecars: dict[str, pd.DataFrame] | None = None) -> Path:
+        """Compact, write manifest/quarantine/metadata and atomically move the archive into place.
+
+        ``sidecars`` are further tables (file name -> frame, written as parquet) that move into place with it.
+        """
         assert self._tmp is not None, "commit() outside of a with block"
         n = self.n
         self._compact()
@@ -284,6 +287,8 @@ class ArchiveWriter:
             "dataset_hash": dataset_hash,
         }
         (self._tmp / "archive.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True))
+        for name, frame in (sidecars or {}).items():
+            frame.to_parquet(self._tmp / name, index=False)
         (self._tmp / _LOCK_NAME).unlink()  # still held through the open file; gone from the archive's files
         old = None
         if self.path.exists():  # set the previous archive aside first: there is always a whole archive or none

@@ -16,6 +16,7 @@ from typing import Any
 
 from components.errors import ConfigError
 
+TOPUP_SPACES = ("medical", "inception")  # topup.feature_space: the filter's feature space (never the GAN's)
 SELECT_SNAPSHOT = ("best_fid", "last")  # eval.select_snapshot: lowest val FID among the snapshots, or the final model
 SEVERITIES = ("warning", "critical")  # validate.patients_per_class_severity: report it, or stop the pipeline
 
@@ -88,9 +89,59 @@ class SplitConfig:
 
     val_fraction: float = 0.15
     test_fraction: float = 0.2
-    strategy: str = "weighted-sampler"  # none | weighted-sampler | class-weighted-loss
+    # none | weighted-sampler | class-weighted-loss | gan-topup. The GAN trains on real data: uniformly (none), drawn
+    # with the class weights (weighted-sampler, gan-topup) or uniformly with each sample's D and G loss weighted by its
+    # class weight (class-weighted-loss: the same expected gradient as the weighted sampler, noisier). gan-topup then
+    # writes the synthetic top-up (see TopupConfig), which joins the train split only.
+    strategy: str = "weighted-sampler"
     # Sample weight of a class = count ** -power (1.0: uniform over classes, 0.0: as in the data).
     sampler_power: float = 0.75
+
+
+@dataclass
+class TopupConfig:
+    """Minority top-up (``split.strategy=gan-topup``): synthetic pairs of the rare classes as a train-only dataset.
+
+    After training, the selected generator draws candidates of every class whose train count is below the target,
+    a per-class quality filter keeps the plausible ones (components/topup/core.py), and the set is written as an
+    archive, logged to MLflow and pushed to a DVC remote.
+    """
+
+    # Each class's train count is topped up to this fraction of the largest class's train count (0: no top-up).
+    target_ratio: float = 0.5
+    # Candidates drawn per needed sample, at most: the filter rejects some; a class that still falls short is reported.
+    max_draw_factor: int = 4
+    # Feature space of the outlier and near-copy filters: "medical" (trained on the real train split, never seen by
+    # the GAN) or "inception".
+    feature_space: str = "medical"
+    # Realism score (Kynkaenniemi et al. 2019) against the class's real train features: >= 1 means inside the k-NN
+    # ball of some real sample of the class (k = eval.manifold_k); lower values are outliers.
+    min_realism: float = 1.0
+    # Cosine similarity (features centred on the class's real mean) to the nearest real train sample of the class above
+    # which a candidate is rejected as a near copy.
+    max_copy_similarity: float = 0.97
+    # Lesion classes: the mask must be non-empty with an area within [min / f, max * f] of the class's real lesion
+    # areas, and its contrast (inside - outside) of the real class's sign and at least this fraction of its median.
+    mask_area_factor: float = 2.0
+    min_contrast_fraction: float = 0.25
+    # DVC remote URL the top-up is pushed to; "": the default remote of the DVC project the run starts in
+    # ($MEDGAN_PROJECT_DIR, else the working directory). Without one the set is not versioned, and the report says so.
+    dvc_remote: str = ""
+
+    def __post_init__(self) -> None:
+        """Reject a bad value when the config is built, not after training."""
+        checks = (
+            ("target_ratio", 0 <= self.target_ratio <= 1, "in [0, 1]"),
+            ("max_draw_factor", self.max_draw_factor >= 1, "at least 1"),
+            ("feature_space", self.feature_space in TOPUP_SPACES, f"one of {', '.join(TOPUP_SPACES)}"),
+            ("mask_area_factor", self.mask_area_factor >= 1, "at least 1"),
+            ("min_contrast_fraction", self.min_contrast_fraction >= 0, "0 or more"),
+            ("min_realism", self.min_realism >= 0, "0 or more"),
+            ("max_copy_similarity", self.max_copy_similarity > 0, "above 0"),
+        )
+        for key, ok, want in checks:
+            if not ok:
+                raise ConfigError(f"topup.{key} must be {want}, got {getattr(self, key)!r}")
 
 
 @dataclass
@@ -275,6 +326,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    topup: TopupConfig = field(default_factory=TopupConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)

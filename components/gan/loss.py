@@ -52,6 +52,7 @@ class PhasedLoss:
         mode_seeking: float = 0.0,
         mode_seeking_cap: torch.Tensor | None = None,
         group_by_class: bool = False,
+        class_weights: torch.Tensor | None = None,
     ) -> None:
         if loss not in LOSSES:
             raise ConfigError(f"unknown train.loss {loss!r}; choose one of: {', '.join(LOSSES)}")
@@ -68,6 +69,18 @@ class PhasedLoss:
         self.mode_seeking = float(mode_seeking)
         self.mode_seeking_cap = mode_seeking_cap  # per class: the ratio counts at most this much (None: unbounded)
         self.group_by_class = group_by_class
+        # split.strategy=class-weighted-loss: every sample's D and G loss times its class's weight (None: unweighted)
+        self.class_weights = class_weights
+
+    def _mean(self, per_sample: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The batch mean of a per-sample loss, each sample weighted by its class with ``class_weights``.
+
+        The weights average to 1 over the real train samples, so with uniform sampling the weighted mean has the
+        expectation of the class-balanced loss (importance weighting), as the weighted sampler's plain mean has.
+        """
+        if self.class_weights is None:
+            return per_sample.mean()
+        return (per_sample.reshape(-1) * self.class_weights[labels]).mean()
 
     def _run_D(
         self, D: nn.Module, pairs: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None
@@ -120,7 +133,7 @@ class PhasedLoss:
         with self.autocast():
             fake = self.G(gen_z, gen_labels, noise)
         logits = self._run_D(_bare(self.D), fake.float(), gen_labels, generator)
-        loss = -logits.mean() if self.loss == "hinge" else F.softplus(-logits).mean()
+        loss = self._mean(-logits if self.loss == "hinge" else F.softplus(-logits), gen_labels)
         stats = {"loss_g": loss.detach()}  # the adversarial part: comparable with and without mode seeking
         if self.mode_seeking > 0 and half > 0:
             # Mode seeking (MSGAN, Mao et al. 2019): pairs of two latents of one class must differ in proportion to
@@ -148,9 +161,10 @@ class PhasedLoss:
         logits = self._run_D(self.D, torch.cat([real, fake]), torch.cat([real_labels, gen_labels]), generator)
         real_logits, fake_logits = logits[: real.shape[0]], logits[real.shape[0] :]
         if self.loss == "hinge":
-            loss = F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+            real_loss, fake_loss = F.relu(1 - real_logits), F.relu(1 + fake_logits)
         else:
-            loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+            real_loss, fake_loss = F.softplus(-real_logits), F.softplus(fake_logits)
+        loss = self._mean(real_loss, real_labels) + self._mean(fake_loss, gen_labels)
         loss.backward()
         real_logits, fake_logits = real_logits.detach(), fake_logits.detach()
         return {

@@ -28,7 +28,10 @@ from components.validate.core import check_split
 
 SPLITS = ("train", "val", "test")
 SPLIT_CHECK_DIR = "split_validation"  # in the split folder: the split check's Data Docs and validation.json
-STRATEGIES = ("none", "weighted-sampler", "class-weighted-loss")
+STRATEGIES = ("none", "weighted-sampler", "class-weighted-loss", "gan-topup")
+# Strategies whose GAN draws its real batches with the class weights (gan-topup: the generator that makes the top-up
+# cannot train on it, so it learns the rare classes from weighted real batches).
+SAMPLED = ("weighted-sampler", "gan-topup")
 
 
 def split_patients(
@@ -95,6 +98,11 @@ def rebalance(
         raise ConfigError(f"unknown split.strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
     if manifest.empty:
         raise DataError(f"{archive_dir}: the archive holds no samples")
+    if archive.meta.get("synthetic"):
+        raise DataError(
+            f"{archive_dir}: a synthetic top-up archive; only real archives are split (a top-up joins the train "
+            f"split of the real archive it was made for, never val or test)"
+        )
     assignment = split_patients(manifest, archive.classes, cfg.split.val_fraction, cfg.split.test_fraction, cfg.seed)
     table = pd.DataFrame(
         {
@@ -107,7 +115,7 @@ def rebalance(
     table["split"] = table["patient"].map(assignment)
     train = table["split"] == "train"
     # class-weighted-loss keeps uniform sampling and hands the weights to the loss instead (recorded per class).
-    power = cfg.split.sampler_power if strategy == "weighted-sampler" else 0.0
+    power = cfg.split.sampler_power if strategy in SAMPLED else 0.0
     weights = class_weights(table.loc[train, "label"], archive.classes, power)
     table["weight"] = 0.0
     table.loc[train, "weight"] = table.loc[train, "label"].map(weights)

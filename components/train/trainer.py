@@ -493,6 +493,7 @@ class Trainer:
             mode_seeking=tc.mode_seeking,
             mode_seeking_cap=self._mode_seeking_cap() if tc.mode_seeking > 0 and tc.mode_seeking_bound > 0 else None,
             group_by_class=tc.mbstd_group > 1,  # D's minibatch-stddev groups then hold one class each
+            class_weights=self.class_loss_weights,
         )
 
         self.step = 0
@@ -539,6 +540,26 @@ class Trainer:
         self.row_labels = torch.from_numpy(archive.manifest["label_idx"].to_numpy(np.int64)[index])
         self.weights = torch.tensor(train["weight"].to_numpy(np.float64))
         self.dataset_hash = archive.meta.get("dataset_hash", "")
+        self.class_loss_weights = self._class_loss_weights(Path(split_dir) / "distribution.json")
+
+    def _class_loss_weights(self, distribution_file: Path) -> torch.Tensor | None:
+        """Per class index, the loss weight rebalance chose for ``split.strategy=class-weighted-loss`` (else None)."""
+        if self.cfg.split.strategy != "class-weighted-loss":
+            return None
+        try:
+            weights = json.loads(distribution_file.read_text())["class_loss_weights"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise DataError(
+                f"{distribution_file}: no class loss weights ({exc}); re-run rebalance with "
+                f"split.strategy=class-weighted-loss"
+            ) from exc
+        if not weights:
+            raise DataError(
+                f"{distribution_file}: the split was made with another strategy than class-weighted-loss; re-run "
+                f"rebalance with the run's config"
+            )
+        # A class without train samples is never drawn: its weight does not matter.
+        return torch.tensor([float(weights.get(c, 1.0)) for c in self.classes], device=self.device)
 
     def _mode_seeking_cap(self, max_per_class: int = 128) -> torch.Tensor:
         """Per class: ``train.mode_seeking_bound`` x the real class's typical image-distance / latent-distance ratio.

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from components.gan.loss import PhasedLoss
@@ -101,3 +102,32 @@ def test_group_by_class_orders_each_half_by_class_and_leaves_the_losses_alone():
             assert D.seen == [[0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2], [0, 0, 1, 1, 2, 2]]
     for key, value in stats[False].items():  # without minibatch-stddev in D, the order is invisible to the loss
         torch.testing.assert_close(stats[True][key], value, msg=key)
+
+
+def test_class_weights_weight_each_sample_s_d_and_g_loss_by_its_class():
+    g = torch.Generator().manual_seed(7)
+    real, real_labels = torch.rand(6, 2, 32, 32, generator=g) * 2 - 1, torch.tensor([0, 0, 0, 0, 1, 2])
+    z, gen_labels = torch.randn(6, 16, generator=g), torch.tensor([0, 0, 0, 1, 1, 2])
+    weights = torch.tensor([0.5, 2.0, 4.0])
+
+    def losses(class_weights):
+        G, D = _nets()
+        loss = PhasedLoss(G, D, augment="", class_weights=class_weights)
+        d = loss.accumulate_gradients("Dmain", real, real_labels, z, gen_labels, torch.Generator().manual_seed(1))
+        D.requires_grad_(False)
+        gl = loss.accumulate_gradients("Gmain", None, None, z, gen_labels, torch.Generator().manual_seed(1))
+        return d["loss_d"].item(), gl["loss_g"].item()
+
+    assert losses(torch.ones(3)) == pytest.approx(losses(None))  # weights of 1: the plain mean
+    G, D = _nets()
+    with torch.no_grad():  # the weighted hinge losses by hand, from the same nets and draws
+        noise = G.draw_noise(6, torch.Generator().manual_seed(1), "cpu")
+        fake = G(z, gen_labels, noise)
+        logits = D(torch.cat([real, fake]), torch.cat([real_labels, gen_labels]))  # one call, as Dmain's
+        real_logits, fake_logits = logits[:6], logits[6:]
+        g_logits = D(fake, gen_labels)  # Gmain's call: after Dmain's (spectral norm's power iteration moved on)
+    d_expected = (torch.relu(1 - real_logits) * weights[real_labels]).mean() + (
+        torch.relu(1 + fake_logits) * weights[gen_labels]
+    ).mean()
+    g_expected = (-g_logits * weights[gen_labels]).mean()
+    assert losses(weights) == pytest.approx((d_expected.item(), g_expected.item()), rel=1e-5)

@@ -48,6 +48,28 @@ def test_weighted_sampler_balances_classes(synthetic_archive, tmp_path):
     assert (table.loc[table["split"] == "train", "weight"] > 0).all()
 
 
+def test_each_strategy_sets_the_sampler_weights_and_the_loss_weights_it_uses(synthetic_archive, tmp_path):
+    labels, patients = _cohort(n_normal=20, n_benign=4, n_malignant=3)
+    archive = synthetic_archive(labels, patients)
+    out = {}
+    for strategy in ("none", "weighted-sampler", "class-weighted-loss", "gan-topup"):
+        cfg = resolve("tiny", [f"split.strategy={strategy}", "split.sampler_power=1.0"])
+        summary = rebalance(archive, tmp_path / strategy, cfg)
+        out[strategy] = (summary, load_split(tmp_path / strategy))
+    uniform = {c: pytest.approx(1.0) for c in ("normal", "benign", "malignant")}
+    for strategy in ("none", "class-weighted-loss"):  # uniform sampling
+        train = out[strategy][1].query("split == 'train'")
+        assert train.groupby("label")["weight"].first().to_dict() == uniform
+    # gan-topup's GAN learns from weighted real batches, as the weighted sampler's
+    shares = out["gan-topup"][0]["sampler_class_share"]
+    assert shares == pytest.approx(out["weighted-sampler"][0]["sampler_class_share"])
+    assert shares == pytest.approx({c: 1 / 3 for c in uniform}, abs=1e-9)
+    # only class-weighted-loss hands weights to the losses (the trainer reads them from distribution.json)
+    loss_weights = out["class-weighted-loss"][0]["class_loss_weights"]
+    assert loss_weights["malignant"] > loss_weights["benign"] > loss_weights["normal"]
+    assert all(not out[s][0]["class_loss_weights"] for s in ("none", "weighted-sampler", "gan-topup"))
+
+
 @pytest.mark.parametrize(("power", "expected_ratio"), [(0.0, 1.0), (1.0, 4.0), (0.5, 2.0)])
 def test_class_weights_follow_count_power(power, expected_ratio):
     labels = pd.Series(["a"] * 16 + ["b"] * 4)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from components.config import Config, resolve
-from components.errors import ConfigError, TrainingError
+from components.errors import ConfigError, DataError, TrainingError
 from components.gan.loss import PhasedLoss
 from components.gan.sampling import generate, list_snapshots, load_generator, snapshot_path
 from components.tracking import NullTracker
@@ -229,3 +229,18 @@ def test_mode_seeking_cap_is_the_bound_times_each_real_class_s_pairwise_distance
     assert unbounded.loss.mode_seeking_cap is None
     summary = trainer.fit()
     assert np.isfinite(summary["final_losses"]["loss_g"])
+
+
+def test_class_weighted_loss_reads_rebalance_s_class_weights_and_refuses_a_split_without(train_data, tmp_path):
+    archive, split = train_data
+    cfg = resolve("tiny", ["split.strategy=class-weighted-loss"])
+    with pytest.raises(DataError, match="no class loss weights"):
+        Trainer(archive, split, tmp_path / "m", cfg, None)
+    weights = {"normal": 0.5, "benign": 1.5, "malignant": 3.0}
+    (split / "distribution.json").write_text(json.dumps({"class_loss_weights": weights}))
+    trainer = Trainer(archive, split, tmp_path / "m", cfg, None)
+    assert trainer.loss.class_weights.tolist() == [weights[c] for c in trainer.classes]
+    assert Trainer(archive, split, tmp_path / "n", resolve("tiny"), None).loss.class_weights is None
+    (split / "distribution.json").write_text(json.dumps({"class_loss_weights": {}}))
+    with pytest.raises(DataError, match="another strategy"):
+        Trainer(archive, split, tmp_path / "o", cfg, None)
