@@ -83,3 +83,47 @@ def per_class_memorization(
             "n_real": len(real),
         }
     return out
+
+
+def trust_metrics(
+    classifier: torch.nn.Module,
+    synthetic: tuple[np.ndarray, np.ndarray],
+    held_out: tuple[np.ndarray, np.ndarray] | None,
+    features: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    classes: Sequence[str],
+    threshold: float,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Flat metrics and the report section of the per-class trust checks.
+
+    ``synthetic`` and ``held_out`` are (images, class indices) of the generated samples and of the val split's real
+    images (``None``: no reference); ``features`` are (synthetic, synthetic labels, real train, real train labels)
+    in the memorization audit's feature space. Keys: ``class_accuracy`` (macro mean) and ``class_accuracy.<class>``,
+    ``holdout_class_accuracy`` likewise, ``nn_copy_fraction.<class>`` and ``nn_similarity_max.<class>``.
+    """
+    accuracy = class_accuracy(predict_classes(classifier, synthetic[0]), synthetic[1], classes)
+    reference = class_accuracy(predict_classes(classifier, held_out[0]), held_out[1], classes) if held_out else None
+    audit = per_class_memorization(*features, classes, threshold)
+    metrics: dict[str, float] = {"class_accuracy": accuracy["accuracy"]}
+    metrics.update({f"class_accuracy.{c}": v for c, v in accuracy["per_class"].items()})
+    if reference is not None:
+        metrics["holdout_class_accuracy"] = reference["accuracy"]
+        metrics.update({f"holdout_class_accuracy.{c}": v for c, v in reference["per_class"].items()})
+    for cls, row in audit.items():
+        metrics[f"nn_copy_fraction.{cls}"] = row["copy_fraction"]
+        metrics[f"nn_similarity_max.{cls}"] = row["similarity_max"]
+    section = {
+        "classifier": "medical network (trained on the real train split only)",
+        "per_class": [
+            {
+                "class": cls,
+                "accuracy": accuracy["per_class"][cls],
+                "n": accuracy["n"][cls],
+                "holdout_accuracy": reference["per_class"][cls] if reference else None,
+                "holdout_n": reference["n"][cls] if reference else 0,
+                "memorization": audit.get(cls),
+            }
+            for cls in classes
+        ],
+        "threshold": threshold,
+    }
+    return metrics, section

@@ -47,3 +47,21 @@ def test_per_class_audit_finds_the_copies_of_the_rare_class_a_pooled_audit_dilut
     assert per_class_memorization(fake, fake_labels, real[:37], real_labels[:37], ["common", "rare"], 0.97).keys() == {
         "common"
     }
+
+
+def test_trust_metrics_flatten_accuracy_its_held_out_reference_and_the_per_class_audit():
+    from components.metrics.trust import trust_metrics
+
+    bright, dark = np.full((3, 8, 8), 0.5, np.float32), np.full((3, 8, 8), -0.5, np.float32)
+    synthetic = (np.concatenate([bright, dark]), np.array([1, 1, 1, 1, 0, 0]))  # one dark sample labelled 1
+    held_out = (np.concatenate([bright, dark]), np.array([1, 1, 1, 0, 0, 0]))
+    rng = np.random.default_rng(1)
+    feats = (rng.normal(size=(6, 4)), synthetic[1], rng.normal(size=(8, 4)), np.array([0, 0, 0, 0, 1, 1, 1, 1]))
+    metrics, section = trust_metrics(_Fixed(), synthetic, held_out, feats, ["a", "b"], 0.97)
+    assert metrics["class_accuracy.b"] == pytest.approx(0.75) and metrics["class_accuracy.a"] == 1.0
+    assert metrics["holdout_class_accuracy"] == 1.0
+    assert {"nn_copy_fraction.a", "nn_copy_fraction.b", "nn_similarity_max.b"} <= metrics.keys()
+    assert [row["class"] for row in section["per_class"]] == ["a", "b"]
+    assert section["per_class"][1]["memorization"]["n_real"] == 4
+    no_reference, _ = trust_metrics(_Fixed(), synthetic, None, feats, ["a", "b"], 0.97)
+    assert "holdout_class_accuracy" not in no_reference
