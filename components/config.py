@@ -18,6 +18,9 @@ from components.errors import ConfigError
 
 TOPUP_SPACES = ("medical", "inception")  # topup.feature_space: the filter's feature space (never the GAN's)
 SELECT_SNAPSHOT = ("best_fid", "last")  # eval.select_snapshot: lowest val FID among the snapshots, or the final model
+GATE_MODES = ("min", "max", "at_least")  # registry.gate[].mode: see GateMetric
+# eval.seg_arms: what the Dice evidence's segmenter trains on (components/metrics/dice.py)
+SEG_ARMS = ("real", "weighted-sampler", "class-weighted-loss", "real+synthetic", "synthetic")
 SEVERITIES = ("warning", "critical")  # validate.patients_per_class_severity: report it, or stop the pipeline
 
 
@@ -269,9 +272,23 @@ class EvalConfig:
     # k of the k-nearest-neighbour balls of precision / recall / density / coverage (Naeem et al. 2020 use 5).
     manifold_k: int = 5
     bootstrap: int = 50
-    seg_epochs: int = 10
+    # The Dice evidence (components/metrics/dice.py): a small BasicUNet trained per arm and segmenter seed, scored on
+    # the real test patients (Dice on slices with a lesion; false positives on lesion-free slices). Arms (SEG_ARMS):
+    # "real" (the train split drawn uniformly: the reference of every gain), "weighted-sampler" (drawn with the
+    # split's class weights, split.sampler_power), "class-weighted-loss" (uniform, each sample's Dice + BCE loss
+    # weighted by its class weight), "real+synthetic" (plus the synthetic pairs: the top-up's gain, dice_gain) and
+    # "synthetic" (synthetic pairs only). Each arm costs seg_seeds x seg_steps steps (quickstart, 2-core CPU: ~0.05 s a
+    # step of 16), so the default runs the two arms of the top-up question; name more arms for all five.
+    seg_arms: list[str] = field(default_factory=lambda: ["real", "real+synthetic"])
+    seg_seeds: int = 2  # segmenter seeds per arm, pooled per test slice (the mean over seeds)
+    seg_steps: int = 100  # optimiser steps per arm and seed, the same for every arm (one-cycle schedule)
     seg_batch_size: int = 16
-    synth_per_class: int = 48  # synthetic pairs added per lesion class for the real+synthetic Dice run
+    # Below this Dice of the "real" arm on a class, in any segmenter seed, the segmenter has not learned the class and
+    # the arms would compare near-zero scores: the report warns, dice_baseline_ok is 0 and the gains of that class (and
+    # of the mean over classes) are undefined (null), so no gate rule can pass on them.
+    seg_min_baseline_dice: float = 0.2
+    # Synthetic pairs per lesion class drawn from the generator for the synthetic arms, when no top-up is given.
+    synth_per_class: int = 48
     nn_copy_threshold: float = 0.97  # cosine similarity above which a synthetic sample is flagged as a near copy
     # Which generator the headline metrics score and register registers: "best_fid" picks, among the train.fid_snapshots
     # snapshots before the final step and the final model, the lowest FID of the FID curve's samples against the val
@@ -289,15 +306,37 @@ class EvalConfig:
             raise ConfigError(
                 f"eval.select_snapshot must be one of {', '.join(SELECT_SNAPSHOT)}, got {self.select_snapshot!r}"
             )
+        unknown = [a for a in self.seg_arms if a not in SEG_ARMS]
+        if unknown or len(set(self.seg_arms)) != len(self.seg_arms) or "real" not in self.seg_arms:
+            raise ConfigError(
+                f"eval.seg_arms must name each arm once, among them real (the reference), from {', '.join(SEG_ARMS)}; "
+                f"got {self.seg_arms}"
+            )
+        for key in ("seg_seeds", "seg_steps", "seg_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"eval.{key} must be at least 1, got {getattr(self, key)}")
 
 
 @dataclass
 class GateMetric:
-    """One metric the promotion gate compares; ``mode`` says whether lower or higher is better."""
+    """One rule of the promotion gate.
+
+    ``min`` / ``max``: the challenger's value must beat the champion's by more than ``margin`` (lower / higher is
+    better). ``at_least``: the challenger's own value must be ``>= margin``, whatever the champion scored, and also
+    when there is no champion yet; made for paired gains and their interval bounds, e.g.
+    ``{name: dice_gain_ci_low.malignant, mode: at_least, margin: -0.05}``: with the top-up the rare class's Dice is
+    not worse than without by more than 0.05, at 95 % confidence. An undefined value (a Dice baseline below
+    ``eval.seg_min_baseline_dice``, too few test patients for an interval) fails the rule.
+    """
 
     name: str = "fid"
     mode: str = "min"
     margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Reject an unknown mode when the config is built (it would otherwise read as ``max``)."""
+        if self.mode not in GATE_MODES:
+            raise ConfigError(f"registry.gate mode must be one of {', '.join(GATE_MODES)}, got {self.mode!r}")
 
 
 @dataclass
@@ -361,10 +400,10 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 PRESETS: dict[str, dict[str, Any]] = {
     "quickstart": {},
     # The quickstart's model and data with a longer CPU budget: 10x the steps, about 30 min of training on 2 cores
-    # (bench/quality.py --preset quickstart-long), and more samples behind the metrics.
+    # (bench/quality.py --preset quickstart-long), more samples behind the metrics and every Dice arm at 3 seeds.
     "quickstart-long": {
         "train": {"steps": 10000, "checkpoint_every": 1000, "log_every": 50, "sample_every": 1000},
-        "eval": {"fid_samples": 256, "fid_curve_samples": 128},
+        "eval": {"fid_samples": 256, "fid_curve_samples": 128, "seg_arms": list(SEG_ARMS), "seg_seeds": 3},
     },
     # Seconds-long runs for tests and --dry-run style smoke checks.
     "tiny": {
@@ -388,8 +427,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "kid_subset_size": 8,
             "kid_subsets": 4,
             "bootstrap": 5,
-            "seg_epochs": 1,
-            "seg_batch_size": 8,
+            "seg_steps": 2,
             "synth_per_class": 4,
         },
     },
@@ -412,7 +450,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "kid_subset_size": 500,
             "kid_subsets": 50,
             "bootstrap": 200,
-            "seg_epochs": 40,
+            "seg_arms": list(SEG_ARMS),
+            "seg_seeds": 3,
+            "seg_steps": 2000,
             "synth_per_class": 500,
         },
     },
@@ -435,7 +475,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "kid_subset_size": 1000,
             "kid_subsets": 50,
             "bootstrap": 200,
-            "seg_epochs": 60,
+            "seg_arms": list(SEG_ARMS),
+            "seg_seeds": 3,
+            "seg_steps": 3000,
             "synth_per_class": 1000,
         },
     },

@@ -7,7 +7,10 @@
    FID over training from the trainer's snapshots (:mod:`.curve`), with per-class collapse ratios from the same
    samples; with ``eval.select_snapshot=best_fid`` every metric scores the snapshot (or final model) of lowest FID
    on the val split (:mod:`.selection`), written as ``generator.pt`` for the register stage;
-2. utility: Dice on real test patients of a segmentation net trained on real data vs real + synthetic pairs;
+2. utility: Dice on real test patients of a segmentation net trained per arm (``eval.seg_arms``: real, weighted
+   sampler, class-weighted loss, real + synthetic, synthetic only) and seed, the same steps for every arm, with
+   paired patient-level bootstrap intervals, false positives on lesion-free slices and a floor under which the
+   real-only baseline makes the comparison uninformative (:func:`dice_comparison`);
 3. consistency: do generated masks sit on lesions, and do they agree with the class? collapse: is every class as
    varied as its real images, its lesions as spread out (:mod:`components.metrics.collapse`)?
 4. privacy: nearest-real-neighbour memorization audit;
@@ -23,7 +26,6 @@ evaluation leaves no ``metrics.json`` for the register stage to pick up.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -46,10 +48,22 @@ from components.evaluate.spaces import EXTRACTORS_KEY, HOLDOUT, extractor_tags, 
 from components.metrics import METRICS, compute_metric
 from components.metrics.collapse import SUMMARIES, class_statistics, collapse_ratios
 from components.metrics.consistency import consistency_report, pair_statistics
-from components.metrics.dice import SEG_FEATURES, paired_dice_ci, train_and_score
+from components.metrics.dice import (
+    REFERENCE_ARM,
+    SEG_FEATURES,
+    SEG_LR,
+    SEG_PRIOR,
+    SEG_WARMUP,
+    TOPUP_ARM,
+    arm_scores,
+    arm_train_set,
+    dice_by_class,
+    gain_verdict,
+    paired_bootstrap,
+)
 from components.metrics.features import FeatureExtractor, FitData, extract_features, get_extractor
 from components.metrics.memorization import memorization_audit
-from components.rebalance.core import load_split, load_split_check
+from components.rebalance.core import class_weights, load_split, load_split_check
 
 MIN_PER_CLASS = 4  # synthetic samples per class at least, so that per-class metrics exist for rare classes
 REPORT_SAMPLES = 8  # tiles per class and side in the report
@@ -57,6 +71,7 @@ REPORT_NEIGHBOURS = 8
 MAX_CURVE_POINTS = 400
 VOLATILE = ("train_seconds", "from_cache")  # extractor facts that differ between identical evaluations
 SPLIT_COLUMNS = ("index", "sample_id", "patient", "label", "split")
+NAN_CI = (float("nan"), float("nan"))
 
 
 def synthetic_label_plan(counts: list[int], total: int, min_per_class: int = MIN_PER_CLASS) -> np.ndarray:
@@ -232,57 +247,159 @@ def collapse_metrics(consistency: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def arm_key(arm: str) -> str:
+    """An arm's name in metric keys: real, weighted_sampler, class_weighted_loss, real_synth, synth."""
+    return {"real+synthetic": "real_synth", "synthetic": "synth"}.get(arm, arm.replace("-", "_"))
+
+
+def gain_key(arm: str) -> str:
+    """Name of an arm's Dice gain over the real arm: ``dice_gain`` for the top-up arm, else ``dice_gain_<key>``."""
+    return "dice_gain" if arm == TOPUP_ARM else f"dice_gain_{arm_key(arm)}"
+
+
 def dice_comparison(
-    real: tuple[np.ndarray, np.ndarray],
-    synthetic: tuple[np.ndarray, np.ndarray],
-    test: tuple[np.ndarray, np.ndarray, np.ndarray],
+    real: tuple[np.ndarray, np.ndarray, np.ndarray],
+    synthetic: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    test: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     lesion: list[str],
     cfg: Config,
     seed: int,
     device: str = "cpu",
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """Dice on ``test`` (images, masks, class names) of nets trained on real vs real + synthetic pairs.
+) -> tuple[dict[str, float | None], dict[str, Any]]:
+    """The Dice evidence: a segmenter per arm (``eval.seg_arms``) and seed, scored on the real test patients.
 
-    Both nets start from the same seed and get the same number of optimiser steps (``seg_epochs`` passes over the
-    real set), so the difference measures the data, not a longer training. Returns flat metrics (``dice_real``,
-    ``dice_real_synth``, ``dice_gain``, per class, with paired bootstrap intervals) and the report section.
+    ``real`` and ``synthetic`` are (images, masks, class names) of the real train split and of the synthetic pairs
+    (``None``: none; then no synthetic arm may be asked for); ``test`` is (images, masks, class names, patient ids)
+    of the real test split. Every arm gets the same optimiser steps (``eval.seg_steps``) and seeds (``eval.seg_seeds``,
+    pooled per test slice), so arms differ only in their data. Intervals are a paired bootstrap over test patients
+    within each class (:func:`components.metrics.dice.paired_bootstrap`). Flat metrics, with arm key ``k``
+    (:func:`arm_key`):
+
+    - ``dice_<k>`` (mean over lesion classes) and ``dice_<k>.<class>``: Dice on test slices with a lesion, with
+      ``_ci_low`` / ``_ci_high``;
+    - ``dice_gain`` (real + synthetic minus real) and ``dice_gain_<k>`` (any other arm minus real), overall and per
+      class, with paired intervals; ``None`` (undefined) where the real arm's Dice is below
+      ``eval.seg_min_baseline_dice`` in any seed;
+    - ``dice_baseline_ok`` and ``dice_baseline_ok.<class>``: 1 when the real arm reaches that floor in every seed,
+      else 0;
+    - ``seg_fp_rate_<k>``: share of lesion-free test slices on which the net predicts any lesion pixel, with an
+      interval over patients.
+
+    Returns the metrics and the report section.
     """
     ev = cfg.eval
-    steps = ev.seg_epochs * math.ceil(len(real[0]) / ev.seg_batch_size)
-    mixed = (np.concatenate([real[0], synthetic[0]]), np.concatenate([real[1], synthetic[1]]))
-    runs = [train_and_score(*data, *test, lesion, cfg, seed, steps=steps, device=device) for data in (real, mixed)]
-    metrics: dict[str, float] = {}
-    for name, res in zip(("dice_real", "dice_real_synth"), runs, strict=True):
-        metrics[name] = res["dice"]
-        metrics.update({metric_key(name, c): v for c, v in res["per_class"].items()})
-    metrics["dice_gain"] = runs[1]["dice"] - runs[0]["dice"]
-    metrics.update({metric_key("dice_gain", c): runs[1]["per_class"][c] - runs[0]["per_class"][c] for c in lesion})
-    intervals = paired_dice_ci(runs[0]["scores"], runs[1]["scores"], test[2], lesion, ev.bootstrap, seed)
-    for name, by_scope in intervals.items():
-        for scope, (low, high) in by_scope.items():
-            metrics[metric_key(f"{name}_ci_low", scope)] = low
-            metrics[metric_key(f"{name}_ci_high", scope)] = high
-    nan_ci = (float("nan"), float("nan"))
+    test_images, test_masks, test_labels, test_patients = test
+    test_labels = np.asarray(test_labels).astype(str)
+    real_names = np.asarray(real[2]).astype(str)
+    weights = class_weights(pd.Series(real_names), sorted(set(real_names)), cfg.split.sampler_power)
+    seg_seeds = [seed + i for i in range(ev.seg_seeds)]
+    runs = {
+        arm: arm_scores(
+            arm_train_set(arm, real, synthetic, weights),
+            test_images,
+            test_masks,
+            seg_seeds,
+            ev.seg_steps,
+            ev.seg_batch_size,
+            device,
+        )
+        for arm in ev.seg_arms
+    }
+    scores = {arm: run["dice"] for arm, run in runs.items()}
+    dice = paired_bootstrap(scores, test_labels, test_patients, lesion, ev.bootstrap, seed, reference=REFERENCE_ARM)
+    empty = np.isfinite(runs[REFERENCE_ARM]["fp"])  # lesion-free test slices
+    fp_labels = np.where(empty, "lesion-free", "")
+    fp = paired_bootstrap(
+        {a: r["fp"] for a, r in runs.items()}, fp_labels, test_patients, ["lesion-free"], ev.bootstrap, seed
+    )
+    summary = {arm: dice_by_class(run["dice"], test_labels, lesion) for arm, run in runs.items()}
+    base = summary[REFERENCE_ARM]
+    # The floor: below it, in any seed, the real arm has not learned a class, and a gain would compare near-zero
+    # scores (or one seed's failure, pooled with the others).
+    per_seed = [dice_by_class(d, test_labels, lesion)["per_class"] for d in runs[REFERENCE_ARM]["dice_per_seed"]]
+    worst = {c: float(np.min([p[c] for p in per_seed])) for c in lesion}  # nan: no test slice of the class to score
+    baseline_ok: dict[str | None, bool | None] = {
+        c: bool(worst[c] >= ev.seg_min_baseline_dice) if np.isfinite(worst[c]) else None for c in lesion
+    }
+    tested = [ok for ok in baseline_ok.values() if ok is not None]
+    baseline_ok[None] = bool(tested) and all(tested)
+
+    metrics: dict[str, float | None] = {}
+
+    def put(name: str, scope: str | None, value: float, ci: tuple[float, float] = NAN_CI) -> None:
+        metrics[metric_key(name, scope)] = value
+        metrics[metric_key(f"{name}_ci_low", scope)] = ci[0]
+        metrics[metric_key(f"{name}_ci_high", scope)] = ci[1]
+
+    gains = []
+    for scope in [None, *lesion]:
+        metrics[metric_key("dice_baseline_ok", scope)] = (
+            None if baseline_ok[scope] is None else float(baseline_ok[scope])
+        )
+        for arm, res in summary.items():
+            value = res["dice"] if scope is None else res["per_class"][scope]
+            put(f"dice_{arm_key(arm)}", scope, value, dice["value"][arm].get(scope, NAN_CI))
+            if arm == REFERENCE_ARM:
+                continue
+            gain, ci = (
+                value - (base["dice"] if scope is None else base["per_class"][scope]),
+                dice["gain"][arm].get(scope, NAN_CI),
+            )
+            if not baseline_ok[scope]:  # undefined for the gate, not a comparison of zeros
+                gain, ci = float("nan"), NAN_CI
+            put(gain_key(arm), scope, gain, ci)
+            verdict = gain_verdict(gain, ci, bool(baseline_ok[scope]))
+            gains.append({"arm": arm, "class": scope, "gain": gain, "ci": list(ci), "verdict": verdict})
+    for arm, run in runs.items():
+        rate = float(np.nanmean(run["fp"])) if empty.any() else float("nan")
+        put(f"seg_fp_rate_{arm_key(arm)}", None, rate, fp["value"][arm].get("lesion-free", NAN_CI))
+
+    scored = np.isfinite(runs[REFERENCE_ARM]["dice"])
+    synthetic_counts = {} if synthetic is None else pd.Series(np.asarray(synthetic[2]).astype(str)).value_counts()
     section = {
-        "real": runs[0]["dice"],
-        "real_synth": runs[1]["dice"],
-        "gain": metrics["dice_gain"],
-        "gain_ci": list(intervals["dice_gain"][None]),
-        "per_class": [
+        "arms": [
+            {
+                "arm": arm,
+                "key": arm_key(arm),
+                "dice": summary[arm]["dice"],
+                "ci": list(dice["value"][arm].get(None, NAN_CI)),
+                "per_class": {c: summary[arm]["per_class"][c] for c in lesion},
+                "per_class_ci": {c: list(dice["value"][arm].get(c, NAN_CI)) for c in lesion},
+                "per_seed": [dice_by_class(s, test_labels, lesion)["dice"] for s in run["dice_per_seed"]],
+                "fp_rate": metrics[f"seg_fp_rate_{arm_key(arm)}"],
+                "fp_rate_ci": list(fp["value"][arm].get("lesion-free", NAN_CI)),
+                "fp_area": float(np.nanmean(run["fp_area"])) if empty.any() else float("nan"),
+                "final_loss": run["final_loss"],
+                "train_seconds": run["seconds"],
+            }
+            for arm, run in runs.items()
+        ],
+        "gains": gains,
+        "classes": [
             {
                 "class": c,
-                "real": runs[0]["per_class"][c],
-                "real_synth": runs[1]["per_class"][c],
-                "gain": metrics[metric_key("dice_gain", c)],
-                "gain_ci": list(intervals["dice_gain"].get(c, nan_ci)),
-                "n_test": runs[0]["n_scored"][c],
+                "n_test": base["n_scored"][c],
+                "n_patients": len(set(np.asarray(test_patients)[scored & (test_labels == c)])),
+                "baseline": base["per_class"][c],
+                "baseline_worst_seed": worst[c],
+                "baseline_ok": baseline_ok[c],
             }
             for c in lesion
         ],
-        "steps": steps,
-        "synth_per_class": ev.synth_per_class,
+        "baseline": base["dice"],
+        "baseline_ok": baseline_ok[None],
+        "min_baseline_dice": ev.seg_min_baseline_dice,
+        "n_lesion_free": int(empty.sum()),
+        "seeds": seg_seeds,
+        "steps": ev.seg_steps,
+        "batch_size": ev.seg_batch_size,
+        "n_synthetic": 0 if synthetic is None else len(synthetic[0]),
+        "synthetic_per_class": {str(c): int(n) for c, n in dict(synthetic_counts).items()},
         "model": f"MONAI BasicUNet{SEG_FEATURES}",
-        "train_seconds": {"real": runs[0]["seconds"], "real_synth": runs[1]["seconds"]},
+        "schedule": (
+            f"Adam, one-cycle to lr {SEG_LR:g} ({SEG_WARMUP:.0%} warm-up), Dice + BCE, random left-right flips, "
+            f"lesion prior {SEG_PRIOR:.0%}"
+        ),
     }
     return metrics, section
 
@@ -496,14 +613,15 @@ def evaluate(
     test_images = np.asarray(archive.images[test_idx], dtype=np.float32)
     test_masks = np.asarray(archive.masks[test_idx])
     test_names = np.asarray(classes)[label_idx[test_idx]]
+    test_patients = split.set_index("index").loc[test_idx, "patient"].to_numpy()
     dice_metrics, dice_section = dice_comparison(
-        (real_images, real_masks),
-        (seg_images, seg_masks),
-        (test_images, test_masks, test_names),
-        lesion,
-        cfg,
-        seeds["seg"],
-        device,
+        real=(real_images, real_masks, names_real),
+        synthetic=(seg_images, seg_masks, np.asarray(classes)[seg_labels]),
+        test=(test_images, test_masks, test_names, test_patients),
+        lesion=lesion,
+        cfg=cfg,
+        seed=seeds["seg"],
+        device=device,
     )
     metrics.update(dice_metrics)
     timings["dice"] = time.perf_counter() - clock

@@ -26,7 +26,7 @@ from components.evaluate.spaces import EXTRACTORS_KEY, HOLDOUT
 
 # Metrics where a lower value is better; shown in the metrics table.
 LOWER_IS_BETTER = ("fid", "kid", "nn_copy_fraction", "mask_contrast_gap", "mask_label_mismatch")
-HIGHER_IS_BETTER = ("dice_real", "dice_real_synth", "dice_gain", "precision", "recall", "coverage")
+HIGHER_IS_BETTER = ("precision", "recall", "coverage")  # and every dice_* value but dice_baseline_ok (_better)
 # 1: as real data
 NEAR_ONE = (
     "density",
@@ -273,6 +273,10 @@ def _better(name: str) -> str:
     for names, word in ((LOWER_IS_BETTER, "lower"), (HIGHER_IS_BETTER, "higher"), (NEAR_ONE, "&asymp; 1")):
         if name in names:
             return word
+    if name.startswith("seg_fp_rate_"):
+        return "lower"
+    if name.startswith("dice_") and name != "dice_baseline_ok":  # every arm's Dice and gain
+        return "higher"
     return ""
 
 
@@ -352,48 +356,146 @@ def _metrics(r: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def _ci(value: Any) -> str:
+    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(_finite(v) for v in value)
+    return f"[{_fmt(value[0], 3)}, {_fmt(value[1], 3)}]" if ok else "&ndash;"
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value)
+
+
+def _signed(value: Any) -> str:
+    return f"{value:+.3f}" if _finite(value) else "undefined"
+
+
+def _dice_warning(d: dict[str, Any]) -> str:
+    """The loud part: which classes the real-only segmenter did not learn, so that their comparison says nothing."""
+    if d.get("baseline_ok", True):
+        return ""
+    failed = [c for c in d.get("classes", []) if c.get("baseline_ok") is False]
+    which = ", ".join(f"{_e(c.get('class'))} ({_baseline(c)})" for c in failed) or "every class"
+    return (
+        f'<p class="bad warning">WARNING &mdash; the Dice comparison is not informative for {which}: the segmenter '
+        f"trained on real data alone stays below Dice {_fmt(d.get('min_baseline_dice'))} "
+        "(<code>eval.seg_min_baseline_dice</code>) in at least one segmenter seed, i.e. it has not learned the "
+        "lesions there, and the arms would be compared on near-zero scores. Those gains are undefined (null) in "
+        "metrics.json and for the gate (<code>dice_baseline_ok</code> = 0). Give the segmenter more steps "
+        "(<code>eval.seg_steps</code>) or check the test masks before reading any synthetic-data effect.</p>"
+    )
+
+
+def _baseline(c: dict[str, Any]) -> str:
+    """The real arm's Dice on a class, pooled over seeds, and its worst seed's."""
+    return f"Dice {_fmt(c.get('baseline'), 3)}, worst seed {_fmt(c.get('baseline_worst_seed'), 3)}"
+
+
+def _dice_verdicts(d: dict[str, Any]) -> str:
+    """One sentence per lesion class: did the top-up (real + synthetic vs real) help, by how much, how sure."""
+    topup = {g.get("class"): g for g in d.get("gains", []) if g.get("arm") == "real+synthetic"}
+    if not topup:
+        return ""
+    seeds = len(d.get("seeds") or [])
+    items = []
+    for c in d.get("classes", []):
+        g = topup.get(c.get("class"), {})
+        verdict = g.get("verdict", "not informative")
+        n = c.get("n_patients")
+        evidence = f"{_fmt(n)} test patient{'s' if n != 1 else ''}, {seeds} segmenter seed{'s' if seeds != 1 else ''}"
+        if verdict == "not informative":
+            text = (
+                f"not informative: the real-only baseline ({_baseline(c)}) is below the floor "
+                f"{_fmt(d.get('min_baseline_dice'))}; gain undefined ({evidence})"
+            )
+        elif verdict == "no interval":
+            text = f"gain {_signed(g.get('gain'))}, no interval ({evidence}: a confidence interval needs two patients)"
+        else:
+            words = {"helped": "top-up helped", "hurt": "top-up hurt"}.get(verdict, verdict)
+            ci = [f"{v:.3f}" if _finite(v) else "&ndash;" for v in (g.get("ci") or [None, None])]
+            text = f"{words}: gain {_signed(g.get('gain'))} (95 % CI {ci[0]}..{ci[1]} over {evidence})"
+        css = {"helped": "good", "hurt": "bad"}.get(verdict, "pending")
+        items.append(f'<li class="{css}"><b>{_e(c.get("class"))}</b>: {text}</li>')
+    return (
+        "<p>Did the synthetic pairs help? (real + synthetic vs real only, per lesion class)</p><ul>"
+        + "".join(items)
+        + "</ul>"
+    )
+
+
+def _dice_banner(r: dict[str, Any]) -> str:
+    """A line under the header when the Dice evidence is not informative, so that no reader misses it."""
+    d = r.get("dice") or {}
+    if "arms" not in d or d.get("baseline_ok", True):
+        return ""
+    return (
+        '<p class="bad warning">WARNING &mdash; the Dice evidence of this run is not informative: the real-only '
+        "segmenter did not learn the lesions (see Downstream segmentation).</p>"
+    )
+
+
 def _dice(r: dict[str, Any]) -> str:
     d = r.get("dice")
     if not d:
         return ""
-
-    def ci(value: Any) -> str:
-        return f"[{_fmt(value[0])}, {_fmt(value[1])}]" if isinstance(value, (list, tuple)) and len(value) == 2 else ""
-
+    title = "<h2>Downstream segmentation (Dice on real test patients)</h2>"
+    if "arms" not in d:
+        return title + _missing("per-arm Dice (the report predates it)")
+    classes = [c.get("class") for c in d.get("classes", [])]
+    arms = d.get("arms", [])
     rows = [
         (
-            _e(c.get("class")),
-            _fmt(c.get("real")),
-            _fmt(c.get("real_synth")),
-            _fmt(c.get("gain")),
-            ci(c.get("gain_ci")),
-            _fmt(c.get("n_test")),
+            _e(a.get("arm")),
+            f"{_fmt(a.get('dice'), 3)} {_ci(a.get('ci'))}",
+            *(
+                f"{_fmt((a.get('per_class') or {}).get(c), 3)} {_ci((a.get('per_class_ci') or {}).get(c))}"
+                for c in classes
+            ),
+            " / ".join(_fmt(v, 3) for v in a.get("per_seed", [])),
+            f"{_fmt(a.get('fp_rate'), 3)} {_ci(a.get('fp_rate_ci'))}",
+            _fmt(a.get("fp_area"), 2),
         )
-        for c in d.get("per_class", [])
+        for a in arms
     ]
-    rows.append(
+    header = (
+        "arm",
+        "Dice, mean over classes [95% CI]",
+        *(f"{_e(c)} [95% CI]" for c in classes),
+        "per seed",
+        "false-positive rate [95% CI]",
+        "predicted area on lesion-free slices",
+    )
+    gains = [
         (
-            "<b>mean over classes</b>",
-            _fmt(d.get("real")),
-            _fmt(d.get("real_synth")),
-            _fmt(d.get("gain")),
-            ci(d.get("gain_ci")),
-            "",
+            _e(g.get("arm")),
+            _e(g.get("class") or "mean over classes"),
+            _signed(g.get("gain")),
+            _ci(g.get("ci")),
+            _e(g.get("verdict")),
         )
+        for g in d.get("gains", [])
+    ]
+    tested = ", ".join(
+        f"{_e(c.get('class'))}: {_fmt(c.get('n_test'))} slices of {_fmt(c.get('n_patients'))} patients"
+        for c in d.get("classes", [])
     )
     text = (
-        f"<p>A {_e(d.get('model', 'segmentation net'))} trained on the real training split, then on the real "
-        f"training split plus {_fmt(d.get('synth_per_class'))} synthetic pairs per lesion class (same number of "
-        f"optimiser steps, {_fmt(d.get('steps'))}), scored on the real test patients. The gain interval is a paired "
-        "bootstrap over test samples; an interval above 0 means the synthetic pairs helped.</p>"
+        f"<p>A {_e(d.get('model', 'segmentation net'))} is trained on each arm's data &mdash; real: the train split "
+        "drawn uniformly (the reference); weighted-sampler: drawn with the split's class weights; class-weighted-loss: "
+        "each sample's loss weighted by its class weight; real+synthetic: plus "
+        f"{_fmt(d.get('n_synthetic'))} synthetic pairs; synthetic: those pairs only &mdash; with the same "
+        f"{_fmt(d.get('steps'))} optimiser steps of {_fmt(d.get('batch_size'))} ({_e(d.get('schedule', ''))}) and the "
+        f"same {len(d.get('seeds') or [])} segmenter seeds, whose scores are averaged per test slice. Scored on the "
+        f"real test split ({tested}). <b>Convention</b>: Dice is scored on test slices with a lesion (the headline); "
+        f"a lesion-free slice ({_fmt(d.get('n_lesion_free'))} in the test split) has no Dice and counts as a false "
+        "positive when the net predicts any lesion pixel on it. Intervals: paired bootstrap over test patients "
+        "(all of a patient's slices together, the same resample for every arm); a class with one test patient has "
+        "none.</p>"
     )
-    return (
-        "<h2>Downstream segmentation (Dice on real test patients)</h2>"
-        + text
-        + _table(
-            ("class", "real", "real + synthetic", "gain", "gain 95% CI", "test samples with lesion"), rows, "metrics"
-        )
-    )
+    out = [title, _dice_warning(d), _dice_verdicts(d), text, _table(header, rows, "metrics")]
+    if gains:
+        out.append("<h3>Gain over the real-only arm</h3>")
+        out.append(_table(("arm", "class", "gain", "95% CI", "verdict"), gains, "metrics"))
+    return "".join(out)
 
 
 def _samples(r: dict[str, Any]) -> str:
@@ -409,6 +511,87 @@ def _samples(r: dict[str, Any]) -> str:
         "<h2>Samples per class</h2><p>Top row: image; bottom row: lesion mask overlay (red).</p>"
         f'<table class="samples"><thead><tr><th>class</th><th>synthetic</th><th>real (train)</th></tr></thead>'
         f"<tbody>{rows}</tbody></table>"
+    )
+
+
+def _topup(r: dict[str, Any]) -> str:
+    t = r.get("topup")
+    if not t:
+        return ""
+    title = "<h2>Synthetic top-up (split.strategy=gan-topup)</h2>"
+    if not t.get("built"):
+        return title + f'<p class="muted">No top-up in this run: split.strategy={_e(t.get("strategy"))}.</p>'
+    rows = []
+    for cls, c in (t.get("per_class") or {}).items():
+        rejected = ", ".join(f"{k} {v}" for k, v in (c.get("rejected") or {}).items() if v) or "none"
+        rows.append(
+            (
+                _e(cls),
+                _fmt(c.get("real")),
+                _fmt(c.get("need")),
+                _fmt(c.get("drawn")),
+                _fmt(c.get("acceptance_rate"), 2),
+                _fmt(c.get("kept")),
+                f'<span class="{"bad" if c.get("shortfall") else ""}">{_fmt(c.get("shortfall"))}</span>',
+                _e(rejected),
+            )
+        )
+    dvc = t.get("dvc") or {}
+    if dvc.get("tracked"):
+        version = (
+            f"Versioned with DVC: md5 <code>{_e(dvc.get('md5'))}</code> ({_fmt(dvc.get('nfiles'))} files) pushed to "
+            f"<code>{_e(dvc.get('remote'))}</code>; its pointer is <code>topup/topup.dvc</code> of the MLflow run."
+        )
+    else:
+        version = f'<span class="bad">Not versioned: {_e(dvc.get("reason", "no DVC remote"))}.</span>'
+    space = t.get("feature_space") or {}
+    return (
+        title + f"<p>{_fmt(t.get('n'))} synthetic pairs from the generator of step {_fmt(t.get('generator_step'))} "
+        f"(SHA-256 <code>{_e(str(t.get('generator_sha256', ''))[:16])}</code>), every class topped up to "
+        f"{_fmt(t.get('target_ratio'), 2)} of the largest class's train count. They join the <b>train</b> split only "
+        "and are the synthetic side of the Dice comparison above. Filter, per class against its real train pairs: "
+        "mask (plausible area, empty for lesion-free classes), contrast (lesion-like), outlier (realism score "
+        f"&lt; 1 in the {_e(space.get('name', 'medical'))} feature space, which the GAN never trained against), "
+        "copy (too similar to one real sample).</p>"
+        + _table(("class", "real (train)", "needed", "drawn", "accepted share", "kept", "shortfall", "rejected"), rows)
+        + f"<p>{version}</p>"
+    )
+
+
+def _trust(r: dict[str, Any]) -> str:
+    t = r.get("trust")
+    if not t:
+        return ""
+    rows = []
+    for c in t.get("per_class", []):
+        mem = c.get("memorization") or {}
+        rows.append(
+            (
+                _e(c.get("class")),
+                f"{_fmt(c.get('accuracy'), 2)} (n={_fmt(c.get('n'))})",
+                f"{_fmt(c.get('holdout_accuracy'), 2)} (n={_fmt(c.get('holdout_n'))})",
+                _fmt(mem.get("copy_fraction"), 3),
+                _fmt(mem.get("similarity_max"), 3),
+                _fmt(mem.get("real_baseline_median"), 3),
+            )
+        )
+    return (
+        "<h2>Per-class trust</h2><p>Class accuracy: share of a class's synthetic samples that the "
+        f"{_e(t.get('classifier'))} calls that class, beside the same classifier on the val split's real images. "
+        "Memorization within the class: synthetic samples against the real train samples of their own class "
+        f"(cosine similarity above {_fmt(t.get('threshold'), 2)} flags a near copy); the rare classes are where a "
+        "generator copies first.</p>"
+        + _table(
+            (
+                "class",
+                "class accuracy (synthetic)",
+                "class accuracy (held-out real)",
+                "near-copy share",
+                "max similarity",
+                "real-to-real median",
+            ),
+            rows,
+        )
     )
 
 
@@ -778,6 +961,7 @@ font-weight:600;background:#fafafa}img.px{image-rendering:pixelated;height:176px
 svg.chart{margin:4px 12px 4px 0;background:#fff}svg .ct{font-size:13px;font-weight:600}
 svg .ax{font-size:10px;fill:#555}svg .lg{font-size:11px;font-weight:600}pre{background:#f7f7f7;padding:8px;
 overflow:auto;font-size:.85em}code{font-size:.85em}p.space{margin:14px 0 2px}
+.warning{border:2px solid #c00;background:#fee;padding:8px}
 """
 
 
@@ -787,12 +971,15 @@ def render_report(report: dict[str, Any]) -> str:
     body = "".join(
         [
             _header(report),
+            _dice_banner(report),
             _gate(report),
             _metrics(report),
             _dice(report),
             _samples(report),
             _fid_curve(report),
             _selection(report),
+            _topup(report),
+            _trust(report),
             _neighbours(report),
             _consistency(report),
             _curves(report),

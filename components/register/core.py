@@ -13,6 +13,7 @@ tags and to the run, and finalises the review report.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import time
@@ -60,14 +61,32 @@ def git_commit(repo_dir: str | os.PathLike[str] | None = None) -> str:
 def gate_decision(
     challenger: dict[str, float], champion: dict[str, float] | None, rules: list[GateMetric]
 ) -> tuple[bool, str]:
-    """Promote when there is no champion, or when the challenger beats it on every rule by more than its margin."""
-    if champion is None:
-        return True, "no champion to beat: the first model becomes champion"
+    """Promote when the challenger meets every ``at_least`` rule and beats the champion on every other rule.
+
+    ``at_least`` rules judge the challenger alone (its value ``>= margin``; undefined fails), so they hold for the
+    first model too; ``min`` / ``max`` rules need a champion to beat by more than the margin, and without one the
+    challenger becomes champion.
+    """
     reasons, ok = [], True
-    for rule in rules:
+    for rule in (r for r in rules if r.mode == "at_least"):
+        value = challenger.get(rule.name)
+        if value is None or not math.isfinite(value):
+            reasons.append(
+                f"{rule.name}: undefined for the challenger, required >= {rule.margin:g} (e.g. a Dice baseline below "
+                "eval.seg_min_baseline_dice, or too few test patients for an interval)"
+            )
+            ok = False
+            continue
+        meets = value >= rule.margin
+        reasons.append(f"{rule.name}: {value:.4g} {'meets' if meets else 'misses'} >= {rule.margin:g}")
+        ok = ok and meets
+    if champion is None:
+        first = "no champion to beat: the first model becomes champion" if ok else "no champion, but a rule fails"
+        return ok, "; ".join([first, *reasons])
+    for rule in (r for r in rules if r.mode != "at_least"):
         new, old = challenger.get(rule.name), champion.get(rule.name)
         if new is None:
-            return False, f"challenger has no metric {rule.name!r}"
+            return False, "; ".join([*reasons, f"challenger has no metric {rule.name!r}"])
         if old is None:
             reasons.append(f"{rule.name}: champion has no value, challenger {new:.4g} accepted")
             continue

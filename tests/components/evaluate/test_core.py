@@ -41,6 +41,73 @@ def test_metric_keys_and_split_checks():
         check_split(split.drop(columns="patient"), "split", n_archive=10)
 
 
+def lesion_slices(n: int, seed: int, size: int = 32):
+    """Tiny slices of three classes: bright discs in the lesion classes, none in normal; 3 patients per class."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    labels = np.array(["normal", "benign", "malignant"])[np.arange(n) % 3]
+    patients = np.array([f"{c}-{i // 3 % 3}" for i, c in enumerate(labels)])
+    images = rng.normal(-0.5, 0.05, (n, size, size)).astype(np.float32)
+    masks = np.zeros((n, size, size), np.uint8)
+    for i in np.flatnonzero(labels != "normal"):
+        cy, cx = rng.integers(8, size - 8, 2)
+        masks[i] = (yy - cy) ** 2 + (xx - cx) ** 2 < (9 if labels[i] == "benign" else 25)
+        images[i][masks[i] > 0] += 0.8
+    return images, masks, labels, patients
+
+
+@pytest.mark.parametrize(("floor", "informative"), [(0.0, True), (1.01, False)])
+def test_dice_comparison_arms_seeds_patients_and_the_floor(floor, informative):
+    from components.config import SEG_ARMS, resolve
+    from components.evaluate.core import arm_key, dice_comparison, gain_key
+
+    overrides = [f"eval.seg_arms={','.join(SEG_ARMS)}", "eval.seg_seeds=2", "eval.seg_steps=3"]
+    cfg = resolve("tiny", [*overrides, f"eval.seg_min_baseline_dice={floor}", "eval.bootstrap=20"])
+    images, masks, labels, _ = lesion_slices(18, seed=1)
+    synthetic = lesion_slices(6, seed=3)[:3]
+    test = lesion_slices(18, seed=2)
+    lesion = ["benign", "malignant"]
+    metrics, section = dice_comparison((images, masks, labels), synthetic, test, lesion, cfg, seed=5)
+
+    assert [a["arm"] for a in section["arms"]] == list(SEG_ARMS)
+    assert section["seeds"] == [5, 6] and section["steps"] == 3 and section["n_synthetic"] == 6
+    assert all(len(a["per_seed"]) == 2 and len(a["final_loss"]) == 2 for a in section["arms"])
+    assert [(c["n_test"], c["n_patients"]) for c in section["classes"]] == [(6, 3), (6, 3)]
+    assert section["n_lesion_free"] == 6  # the normal slices: false positives, not Dice
+    for arm in SEG_ARMS:
+        k = arm_key(arm)
+        assert {f"dice_{k}", f"dice_{k}.benign", f"dice_{k}_ci_low.malignant", f"seg_fp_rate_{k}"} <= set(metrics)
+        assert 0 <= metrics[f"seg_fp_rate_{k}"] <= 1
+    assert gain_key("real+synthetic") == "dice_gain" and gain_key("synthetic") == "dice_gain_synth"
+    gains = {g for a in SEG_ARMS[1:] for g in (gain_key(a), f"{gain_key(a)}.malignant", f"{gain_key(a)}_ci_low")}
+    assert gains <= set(metrics) and "dice_gain_real" not in metrics
+    assert metrics["dice_baseline_ok"] == float(informative) and section["baseline_ok"] is informative
+    if informative:
+        expected = metrics["dice_real_synth.benign"] - metrics["dice_real.benign"]
+        assert metrics["dice_gain.benign"] == pytest.approx(expected)
+        assert {g["verdict"] for g in section["gains"]} <= {"helped", "hurt", "no detectable difference"}
+    else:  # a baseline below the floor: no gain to compare, said as such
+        assert all(np.isnan(metrics[g]) for g in gains)
+        assert {g["verdict"] for g in section["gains"]} == {"not informative"}
+        assert metrics["dice_baseline_ok.malignant"] == 0.0
+    worst = [c["baseline_worst_seed"] for c in section["classes"]]  # the floor applies to every seed
+    assert all(w <= c["baseline"] + 1e-9 for w, c in zip(worst, section["classes"], strict=True))
+
+
+def test_seg_config_is_checked():
+    from components.config import resolve
+    from components.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="among them real"):
+        resolve("quickstart", ["eval.seg_arms=real+synthetic"])
+    with pytest.raises(ConfigError, match="from real, weighted-sampler"):
+        resolve("quickstart", ["eval.seg_arms=real,topup"])
+    with pytest.raises(ConfigError, match="eval.seg_seeds must be at least 1"):
+        resolve("quickstart", ["eval.seg_seeds=0"])
+    with pytest.raises(ConfigError, match="registry.gate mode must be one of min, max, at_least"):
+        resolve("quickstart", ['registry.gate=[{"name": "fid", "mode": "lower"}]'])
+
+
 def test_evaluate_writes_metrics_report_and_tracks(
     archive_dir, split_dir, trained_model, tiny_cfg, tmp_path, monkeypatch
 ):
@@ -91,6 +158,8 @@ def test_evaluate_writes_metrics_report_and_tracks(
         "dice_real",
         "dice_real_synth",
         "dice_gain",
+        "dice_baseline_ok",
+        "seg_fp_rate_real",
         "nn_copy_fraction",
         "mask_contrast_gap",
     ):

@@ -48,12 +48,36 @@ def full_report() -> dict:
         },
         "notes": ["class rare: 1 real / 4 synthetic samples, too few for FID/KID"],
         "dice": {
-            "real": 0.6,
-            "real_synth": 0.65,
-            "gain": 0.05,
-            "steps": 78,
-            "synth_per_class": 48,
-            "per_class": [{"class": "benign", "real": 0.6, "real_synth": 0.65, "gain": 0.05, "n_test": 9}],
+            "arms": [
+                {
+                    "arm": arm,
+                    "key": key,
+                    "dice": value,
+                    "ci": [value - 0.1, value + 0.1],
+                    "per_class": {"benign": value},
+                    "per_class_ci": {"benign": [value - 0.1, value + 0.1]},
+                    "per_seed": [value - 0.02, value + 0.02],
+                    "fp_rate": 0.1,
+                    "fp_rate_ci": [0.0, 0.2],
+                    "fp_area": 0.001,
+                }
+                for arm, key, value in (("real", "real", 0.6), ("real+synthetic", "real_synth", 0.65))
+            ],
+            "gains": [
+                {"arm": "real+synthetic", "class": scope, "gain": 0.05, "ci": [0.01, 0.09], "verdict": "helped"}
+                for scope in (None, "benign")
+            ],
+            "classes": [{"class": "benign", "n_test": 9, "n_patients": 3, "baseline": 0.6, "baseline_ok": True}],
+            "baseline": 0.6,
+            "baseline_ok": True,
+            "min_baseline_dice": 0.2,
+            "n_lesion_free": 12,
+            "seeds": [7, 8],
+            "steps": 200,
+            "batch_size": 8,
+            "n_synthetic": 96,
+            "model": "MONAI BasicUNet(4, 8, 16, 32, 64, 4)",
+            "schedule": "Adam, one-cycle",
         },
         "samples": [
             {"class": "benign", "synthetic": tile, "real": tile},
@@ -130,6 +154,40 @@ def test_full_report_has_sections_images_curves_and_escapes_data():
     assert "&lt;script&gt;" in html
     assert "pending" in html
     assert_self_contained(html)
+
+
+def test_dice_section_states_the_convention_and_a_verdict_per_class():
+    html = render_report(full_report())
+    section = html.split("Downstream segmentation")[1].split("<h2>")[0]
+    assert (
+        "<b>benign</b>: top-up helped: gain +0.050 (95 % CI 0.010..0.090 over 3 test patients, 2 segmenter seeds)"
+        in (section)
+    )
+    assert "lesion-free slice (12 in the test split) has no Dice and counts as a false positive" in section
+    assert "over test patients" in section and "WARNING" not in html
+    assert "<td>real+synthetic</td><td>0.65 [0.55, 0.75]</td>" in section  # per arm, with its interval
+    assert "0.63 / 0.67" in section  # per seed
+
+
+def test_dice_warns_loudly_when_the_real_only_baseline_did_not_learn():
+    report = full_report()
+    d = report["dice"]
+    failed = {"class": "malignant", "n_test": 4, "n_patients": 1, "baseline": 0.26, "baseline_worst_seed": 0.0}
+    d["classes"].append({**failed, "baseline_ok": False})  # one seed of two did not learn the class
+    d["baseline_ok"] = False
+    d["gains"].append(
+        {"arm": "real+synthetic", "class": "malignant", "gain": None, "ci": [None, None], "verdict": "not informative"}
+    )
+    d["gains"][1].update(ci=[-0.02, 0.09], verdict="no detectable difference")
+    html = render_report(report)
+    assert html.count('class="bad warning"') == 2  # under the header and in the section
+    assert html.index("WARNING") < html.index("Gate decision")
+    assert "not informative for malignant (Dice 0.26, worst seed 0)" in html and "dice_baseline_ok" in html
+    floor = "<b>malignant</b>: not informative: the real-only baseline (Dice 0.26, worst seed 0) is below the floor 0.2"
+    assert floor in html
+    assert "<b>benign</b>: no detectable difference: gain +0.050 (95 % CI -0.020..0.090 over 3 test patients" in html
+    d["gains"][1].update(ci=[None, None], verdict="no interval")
+    assert "gain +0.050, no interval (3 test patients, 2 segmenter seeds" in render_report(report)
 
 
 def test_gate_section_shows_decision(tmp_path):

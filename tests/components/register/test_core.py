@@ -10,6 +10,7 @@ from components.errors import RegistryError
 from components.register.core import CHALLENGER, CHAMPION, apply_decision, gate_decision, register
 
 FID = [GateMetric("fid", "min", 0.0)]
+RARE = GateMetric("dice_gain_ci_low.m", "at_least", -0.05)  # top-up not worse by more than 0.05
 
 
 @pytest.mark.parametrize(
@@ -28,6 +29,19 @@ FID = [GateMetric("fid", "min", 0.0)]
         ),
         ({"fid": 12.0}, {"fid": 12.0}, FID, False, "fid: 12 misses < 12"),
         ({"kid": 1.0}, {"fid": 12.0}, FID, False, "challenger has no metric 'fid'"),
+        # at_least: the challenger alone, with or without a champion; undefined fails
+        (
+            {"fid": 10.0, "dice_gain_ci_low.m": -0.01},
+            None,
+            [*FID, RARE],
+            True,
+            "dice_gain_ci_low.m: -0.01 meets >= -0.05",
+        ),
+        ({"fid": 10.0, "dice_gain_ci_low.m": -0.2}, None, [*FID, RARE], False, "no champion, but a rule fails"),
+        ({"fid": 10.0, "dice_gain_ci_low.m": -0.2}, {"fid": 12.0}, [*FID, RARE], False, "-0.2 misses >= -0.05"),
+        ({"fid": 10.0, "dice_gain_ci_low.m": 0.0}, {"fid": 12.0}, [*FID, RARE], True, "fid: 10 meets < 12"),
+        ({"fid": 10.0, "dice_gain_ci_low.m": None}, {"fid": 12.0}, [*FID, RARE], False, "undefined for the challenger"),
+        ({"fid": 10.0}, None, [RARE], False, "dice_gain_ci_low.m: undefined"),
         ({"fid": 10.0}, {"kid": 1.0}, FID, True, "champion has no value"),
     ],
 )
