@@ -96,7 +96,8 @@ def cmd_stage(args: argparse.Namespace) -> None:
     else:
         from components.evaluate.core import evaluate
 
-        result = evaluate(args.archive, args.split, args.model, args.out, cfg, tracking)
+        topup = args.topup or str(Path(args.out) / "topup")
+        result = evaluate(args.archive, args.split, args.model, args.out, cfg, tracking, topup_dir=topup)
     print(json.dumps(result, indent=2, default=str))
 
 
@@ -153,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
         for name in inputs:
             p.add_argument(f"--{name}", required=True)
         p.add_argument("--out", required=True)
+        if stage == "evaluate":
+            p.add_argument("--topup", default="", help="where the gan-topup set is written (default: OUT/topup)")
         p.add_argument("--tracking-uri", default="", help="log to this MLflow tracking URI")
         p.add_argument("--run-key", default="manual", help="MLflow run to log into (by its run key)")
         with_config(p)

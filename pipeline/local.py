@@ -104,6 +104,7 @@ def run_local(data_dir: str | os.PathLike[str], cfg: Config, project_dir: str | 
     lineage = dataversion.describe(data)
 
     os.environ[cfg.ingest.salt_env] = patient_salt(runs, cfg.ingest.salt_env)
+    os.environ["MEDGAN_PROJECT_DIR"] = str(Path(project_dir).resolve())  # its DVC remote versions the top-up
     error_file = run_dir / "error.json"
     os.environ["MEDGAN_ERROR_FILE"] = str(error_file)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")

@@ -16,6 +16,7 @@ def evaluate_op(
     tracking_json: str,
     cache_dir: str,
     evaluation: Output[Dataset],
+    topup: Output[Dataset],
 ) -> str:
     """Evaluate the trained generator; return metrics.json's content."""
     import json
@@ -34,5 +35,6 @@ def evaluate_op(
             json.loads(tracking_json),
             cache_dir=cache_dir or None,
             validation=json.loads(validation),
+            topup_dir=topup.path,
         )
         return dump(metrics)

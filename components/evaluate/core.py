@@ -54,6 +54,7 @@ from components.metrics.dice import (
     SEG_LR,
     SEG_PRIOR,
     SEG_WARMUP,
+    SYNTHETIC_ARMS,
     TOPUP_ARM,
     arm_scores,
     arm_train_set,
@@ -62,7 +63,9 @@ from components.metrics.dice import (
     paired_bootstrap,
 )
 from components.metrics.features import FeatureExtractor, FitData, extract_features, get_extractor
+from components.metrics.medical import fitted_network
 from components.metrics.memorization import memorization_audit
+from components.metrics.trust import trust_metrics
 from components.rebalance.core import class_weights, load_split, load_split_check
 
 MIN_PER_CLASS = 4  # synthetic samples per class at least, so that per-class metrics exist for rare classes
@@ -252,6 +255,10 @@ def arm_key(arm: str) -> str:
     return {"real+synthetic": "real_synth", "synthetic": "synth"}.get(arm, arm.replace("-", "_"))
 
 
+SKIPPED = "skipped: no synthetic pairs"  # the verdict of an arm that could not be trained
+NO_SYNTHETIC = "no synthetic pairs (with gan-topup: every top-up candidate was rejected)"
+
+
 def gain_key(arm: str) -> str:
     """Name of an arm's Dice gain over the real arm: ``dice_gain`` for the top-up arm, else ``dice_gain_<key>``."""
     return "dice_gain" if arm == TOPUP_ARM else f"dice_gain_{arm_key(arm)}"
@@ -293,6 +300,10 @@ def dice_comparison(
     real_names = np.asarray(real[2]).astype(str)
     weights = class_weights(pd.Series(real_names), sorted(set(real_names)), cfg.split.sampler_power)
     seg_seeds = [seed + i for i in range(ev.seg_seeds)]
+    # An empty synthetic set (every top-up candidate rejected) skips the arms that need it: their numbers are
+    # undefined, and the report says why, instead of the whole evaluation failing.
+    no_synthetic = synthetic is None or len(synthetic[0]) == 0
+    skipped = [arm for arm in ev.seg_arms if no_synthetic and arm in SYNTHETIC_ARMS]
     runs = {
         arm: arm_scores(
             arm_train_set(arm, real, synthetic, weights),
@@ -304,6 +315,7 @@ def dice_comparison(
             device,
         )
         for arm in ev.seg_arms
+        if arm not in skipped
     }
     scores = {arm: run["dice"] for arm, run in runs.items()}
     dice = paired_bootstrap(scores, test_labels, test_patients, lesion, ev.bootstrap, seed, reference=REFERENCE_ARM)
@@ -350,9 +362,15 @@ def dice_comparison(
             put(gain_key(arm), scope, gain, ci)
             verdict = gain_verdict(gain, ci, bool(baseline_ok[scope]))
             gains.append({"arm": arm, "class": scope, "gain": gain, "ci": list(ci), "verdict": verdict})
+        for arm in skipped:  # undefined: the arm was not trained
+            put(f"dice_{arm_key(arm)}", scope, float("nan"))
+            put(gain_key(arm), scope, float("nan"))
+            gains.append({"arm": arm, "class": scope, "gain": float("nan"), "ci": list(NAN_CI), "verdict": SKIPPED})
     for arm, run in runs.items():
         rate = float(np.nanmean(run["fp"])) if empty.any() else float("nan")
         put(f"seg_fp_rate_{arm_key(arm)}", None, rate, fp["value"][arm].get("lesion-free", NAN_CI))
+    for arm in skipped:
+        put(f"seg_fp_rate_{arm_key(arm)}", None, float("nan"))
 
     scored = np.isfinite(runs[REFERENCE_ARM]["dice"])
     synthetic_counts = {} if synthetic is None else pd.Series(np.asarray(synthetic[2]).astype(str)).value_counts()
@@ -375,6 +393,7 @@ def dice_comparison(
             for arm, run in runs.items()
         ],
         "gains": gains,
+        "skipped": [{"arm": arm, "reason": NO_SYNTHETIC} for arm in skipped],
         "classes": [
             {
                 "class": c,
@@ -469,6 +488,69 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def run_topup(
+    archive: Archive,
+    split: pd.DataFrame,
+    chosen: tuple[Any, Path, int],
+    fit: FitData,
+    cfg: Config,
+    out_dir: str | os.PathLike[str],
+    device: str,
+    cache_dir: str | os.PathLike[str] | None,
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Build the top-up of the chosen generator (``(module, file, step)``) in ``out_dir``: its summary and pairs.
+
+    The pairs are (images, masks, class indices). The filter's feature space (``topup.feature_space``) is fitted on
+    ``fit``, the real train split, like the evaluation's own. The pairs are read back through
+    :func:`components.topup.core.train_view` (train rows only).
+    """
+    from components.topup.core import build_topup, train_view
+
+    generator, generator_file, step = chosen
+    space = get_extractor(cfg.topup.feature_space, device, fit=fit, cache_dir=cache_dir)
+    summary = build_topup(
+        archive,
+        split,
+        generator,
+        generator_file,
+        step,
+        lambda images: extract_features(space, images, progress=False),
+        out_dir,
+        cfg,
+    )
+    summary["feature_space"] = {"name": space.name, "fingerprint": space.fingerprint}
+    view = train_view(archive, split, out_dir)
+    return summary, (view.images[view.synthetic], view.masks[view.synthetic], view.labels[view.synthetic])
+
+
+def topup_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """Flat metrics of a top-up: its size and shortfall, per class what was kept and the filter's acceptance rate."""
+    out = {"topup_n": float(summary["n"]), "topup_shortfall": float(summary["shortfall"])}
+    for cls, info in summary["per_class"].items():
+        out[metric_key("topup_kept", cls)] = float(info["kept"])
+        out[metric_key("topup_acceptance_rate", cls)] = info["acceptance_rate"]
+    return out
+
+
+def log_topup(tracker: Any, summary: dict[str, Any], topup_dir: Path, out: Path) -> None:
+    """Log the top-up archive (``topup/``), its DVC pointer (``topup/topup.dvc``) and lineage tags to the run."""
+    from components.topup.core import POINTER_FILE
+
+    tracker.log_artifact(topup_dir, "topup/dataset")
+    dvc = summary.get("dvc", {})
+    if dvc.get("tracked"):
+        atomic_write_text(out / POINTER_FILE, dvc["pointer"])
+        tracker.log_artifact(out / POINTER_FILE, "topup")
+    tracker.set_tags(
+        {
+            "topup.n": summary["n"],
+            "topup.generator_sha256": summary["generator_sha256"],
+            "topup.dvc_md5": dvc.get("md5", "not versioned"),
+            "topup.dvc_remote": dvc.get("remote", ""),
+        }
+    )
+
+
 def evaluate(
     archive_dir: str | os.PathLike[str],
     split_dir: str | os.PathLike[str],
@@ -478,13 +560,16 @@ def evaluate(
     tracking: dict[str, str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     validation: dict[str, Any] | list[dict[str, Any]] | None = None,
+    topup_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the EMA generator in ``model_dir``; write metrics.json, report.json, report.html to ``out_dir``.
 
     ``tracking`` (``tracking_uri``, ``experiment``, ``run_key``) logs the metrics as ``eval/<key>`` to the
     pipeline's MLflow run; ``cache_dir`` keeps real-image features (and fitted feature extractors) between runs;
     ``validation`` (the validate stage's summary) is shown in the report, next to the split check rebalance left in
-    ``split_dir``. Returns metrics.json's content: the flat metrics (``None`` where a value is undefined) and
+    ``split_dir``. With ``split.strategy=gan-topup`` and ``topup_dir``, the selected generator's synthetic top-up is
+    built there (:mod:`components.topup.core`) and is the synthetic side of the Dice comparison. Returns metrics.json's
+    content: the flat metrics (``None`` where a value is undefined) and
     ``extractors`` (:data:`EXTRACTORS_KEY`), the identity of every feature space behind them.
     """
     # heavy, and not needed to import this module
@@ -605,11 +690,27 @@ def evaluate(
     curve = fid_curve(candidates, real_feats)
     timings["fid_curve"] = time.perf_counter() - clock
 
-    # 2. utility: Dice real vs real + synthetic, same optimiser budget ------------------------------------------
+    # 2. the synthetic top-up of the rare classes (split.strategy=gan-topup), from the selected generator ---------
     clock = time.perf_counter()
-    lesion_idx = [classes.index(c) for c in lesion]
-    seg_labels = np.repeat(np.asarray(lesion_idx, dtype=np.int64), ev.synth_per_class)
-    seg_images, seg_masks = generate(generator, seg_labels, seed=seeds["seg_synth"])
+    topup = None
+    if cfg.split.strategy == "gan-topup" and topup_dir is not None:
+        chosen = (generator, chosen_path or model_dir / GENERATOR_FILE, int(selection["selected_step"]))
+        topup = run_topup(archive, split, chosen, fit, cfg, topup_dir, device, cache_dir)
+        metrics.update(topup_metrics(topup[0]))
+    elif topup_dir is not None:  # the output says why it holds no samples
+        Path(topup_dir).mkdir(parents=True, exist_ok=True)
+        note = {"built": False, "reason": f"split.strategy={cfg.split.strategy} (the top-up needs gan-topup)"}
+        atomic_write_text(Path(topup_dir) / "topup.json", json.dumps(note))
+    timings["topup"] = time.perf_counter() - clock
+
+    # 3. utility: Dice real vs real + synthetic (the top-up, else pairs drawn here), same optimiser budget --------
+    clock = time.perf_counter()
+    if topup is not None:
+        seg_images, seg_masks, seg_labels = topup[1]
+    else:
+        lesion_idx = [classes.index(c) for c in lesion]
+        seg_labels = np.repeat(np.asarray(lesion_idx, dtype=np.int64), ev.synth_per_class)
+        seg_images, seg_masks = generate(generator, seg_labels, seed=seeds["seg_synth"])
     test_images = np.asarray(archive.images[test_idx], dtype=np.float32)
     test_masks = np.asarray(archive.masks[test_idx])
     test_names = np.asarray(classes)[label_idx[test_idx]]
@@ -626,7 +727,7 @@ def evaluate(
     metrics.update(dice_metrics)
     timings["dice"] = time.perf_counter() - clock
 
-    # 3. consistency, 4. memorization ------------------------------------------------------------------------
+    # 4. consistency, 5. memorization ------------------------------------------------------------------------
     clock = time.perf_counter()
     names_fake = np.asarray(classes)[fake_labels]
     consistency = consistency_report(
@@ -648,7 +749,22 @@ def evaluate(
     metrics["n_real_train"] = float(len(train_idx))
     timings["audit"] = time.perf_counter() - clock
 
-    # 5. outputs ---------------------------------------------------------------------------------------------
+    # per-class trust: does each class look like itself to a classifier of real data; does any class copy
+    clock = time.perf_counter()
+    classifier, _ = fitted_network(fit, Path(cache_dir) if cache_dir else None)
+    held_out = (val_images, label_idx[val_idx]) if val_images is not None else None
+    trust, trust_section = trust_metrics(
+        classifier,
+        (fake_images, fake_labels),
+        held_out,
+        (fake_feats, fake_labels, real_feats, real_labels),
+        classes,
+        ev.nn_copy_threshold,
+    )
+    metrics.update(trust)
+    timings["trust"] = time.perf_counter() - clock
+
+    # 6. outputs ---------------------------------------------------------------------------------------------
     stable = {name: {k: v for k, v in ident.items() if k not in VOLATILE} for name, ident in spaces.items()}
     metrics = json_safe({**metrics, EXTRACTORS_KEY: stable})
     samples, neighbours = report_images(
@@ -694,10 +810,12 @@ def evaluate(
         "samples": samples,
         "memorization": {k: v for k, v in audit.items() if k not in ("nn_index", "similarity", "top")},
         "neighbours": neighbours,
+        "trust": trust_section,
         "consistency": consistency,
         "losses": _losses(model_dir),
         "fid_curve": {**curve, "n_samples_headline": len(fake_labels)},
         "selection": selection,
+        "topup": {"built": True, **topup[0]} if topup is not None else {"built": False, "strategy": cfg.split.strategy},
         "class_distribution": distribution,
         "validation": validation,
         "split_validation": load_split_check(split_dir),
@@ -726,4 +844,6 @@ def evaluate(
         tracker.log_artifact(out / "metrics.json", "eval")
         tracker.log_artifact(out / "report.json", "eval")
         tracker.log_artifact(html_path, "report")
+        if topup is not None:
+            log_topup(tracker, topup[0], Path(topup_dir), out)
     return metrics

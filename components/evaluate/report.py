@@ -402,7 +402,9 @@ def _dice_verdicts(d: dict[str, Any]) -> str:
         verdict = g.get("verdict", "not informative")
         n = c.get("n_patients")
         evidence = f"{_fmt(n)} test patient{'s' if n != 1 else ''}, {seeds} segmenter seed{'s' if seeds != 1 else ''}"
-        if verdict == "not informative":
+        if verdict.startswith("skipped"):
+            text = "not measured: the top-up holds no pairs of any class (every candidate was rejected)"
+        elif verdict == "not informative":
             text = (
                 f"not informative: the real-only baseline ({_baseline(c)}) is below the floor "
                 f"{_fmt(d.get('min_baseline_dice'))}; gain undefined ({evidence})"
@@ -491,7 +493,12 @@ def _dice(r: dict[str, Any]) -> str:
         "(all of a patient's slices together, the same resample for every arm); a class with one test patient has "
         "none.</p>"
     )
-    out = [title, _dice_warning(d), _dice_verdicts(d), text, _table(header, rows, "metrics")]
+    skipped = "".join(
+        f'<p class="bad warning">Arm {_e(k.get("arm"))} was not trained: {_e(k.get("reason"))}; its Dice and gain '
+        "are undefined (null) in metrics.json and for the gate.</p>"
+        for k in d.get("skipped", [])
+    )
+    out = [title, _dice_warning(d), skipped, _dice_verdicts(d), text, _table(header, rows, "metrics")]
     if gains:
         out.append("<h3>Gain over the real-only arm</h3>")
         out.append(_table(("arm", "class", "gain", "95% CI", "verdict"), gains, "metrics"))

@@ -32,6 +32,11 @@ def by_class(x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch
     return x[order], labels[order]
 
 
+def pool_pairs(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """``(N, C, S, S)`` pairs average-pooled ``factor`` x ``factor`` (1: unchanged): mode seeking's distance space."""
+    return F.avg_pool2d(x, factor) if factor > 1 else x
+
+
 class PhasedLoss:
     """Adversarial loss (hinge or non-saturating logistic) with lazy R1 on real pairs.
 
@@ -51,6 +56,7 @@ class PhasedLoss:
         D_reg: nn.Module | None = None,
         mode_seeking: float = 0.0,
         mode_seeking_cap: torch.Tensor | None = None,
+        mode_seeking_pool: int = 1,
         group_by_class: bool = False,
         class_weights: torch.Tensor | None = None,
     ) -> None:
@@ -68,6 +74,7 @@ class PhasedLoss:
         self.autocast = autocast or contextlib.nullcontext
         self.mode_seeking = float(mode_seeking)
         self.mode_seeking_cap = mode_seeking_cap  # per class: the ratio counts at most this much (None: unbounded)
+        self.mode_seeking_pool = int(mode_seeking_pool)  # distances between pairs average-pooled by this factor
         self.group_by_class = group_by_class
         # split.strategy=class-weighted-loss: every sample's D and G loss times its class's weight (None: unweighted)
         self.class_weights = class_weights
@@ -138,7 +145,7 @@ class PhasedLoss:
         if self.mode_seeking > 0 and half > 0:
             # Mode seeking (MSGAN, Mao et al. 2019): pairs of two latents of one class must differ in proportion to
             # their latents; minimising the inverse ratio spreads a class over more of its modes.
-            a, b = fake[:half].float(), fake[half : 2 * half].float()
+            a, b = (pool_pairs(x.float(), self.mode_seeking_pool) for x in (fake[:half], fake[half : 2 * half]))
             ratio = (a - b).abs().mean(dim=(1, 2, 3)) / (gen_z[:half] - gen_z[half : 2 * half]).abs().mean(dim=1)
             if self.mode_seeking_cap is not None:  # DSGAN's clamp: no push for a pair already as far apart as reals
                 ratio = torch.minimum(ratio, self.mode_seeking_cap[gen_labels[:half]])

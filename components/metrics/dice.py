@@ -55,6 +55,7 @@ SEG_PRIOR = 0.03
 THRESHOLD = 0.5
 REFERENCE_ARM = "real"  # every gain is an arm's Dice minus this arm's
 TOPUP_ARM = "real+synthetic"  # the arm whose gain answers "did the synthetic top-up help?"
+SYNTHETIC_ARMS = (TOPUP_ARM, "synthetic")  # the arms that need synthetic pairs
 
 
 # ---------------------------------------------------------------------------------------------------------------

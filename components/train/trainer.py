@@ -52,7 +52,7 @@ from components.archive import open_archive
 from components.config import Config, flatten
 from components.errors import ConfigError, DataError, TrainingError
 from components.fsio import atomic_write
-from components.gan.loss import PhasedLoss
+from components.gan.loss import PhasedLoss, pool_pairs
 from components.gan.models import (
     DISCRIMINATORS,
     GENERATORS,
@@ -320,6 +320,7 @@ def check_train_config(cfg: Config) -> None:
         "gpus_per_node",
         "job_timeout_s",
         "keep_checkpoints",
+        "mode_seeking_pool",
     ):
         if getattr(tc, key) < 1:
             raise ConfigError(f"train.{key} must be at least 1, got {getattr(tc, key)}")
@@ -492,6 +493,7 @@ class Trainer:
             D_reg=self.D_train,
             mode_seeking=tc.mode_seeking,
             mode_seeking_cap=self._mode_seeking_cap() if tc.mode_seeking > 0 and tc.mode_seeking_bound > 0 else None,
+            mode_seeking_pool=tc.mode_seeking_pool,
             group_by_class=tc.mbstd_group > 1,  # D's minibatch-stddev groups then hold one class each
             class_weights=self.class_loss_weights,
         )
@@ -564,7 +566,8 @@ class Trainer:
     def _mode_seeking_cap(self, max_per_class: int = 128) -> torch.Tensor:
         """Per class: ``train.mode_seeking_bound`` x the real class's typical image-distance / latent-distance ratio.
 
-        The real ratio is the mean L1 distance (over image and mask pixels) between two different real train pairs of
+        The real ratio is the mean L1 distance (over image and mask pixels, pooled by ``train.mode_seeking_pool`` as
+        the term's own distances are) between two different real train pairs of
         the class, over E|z1 - z2| = 2 / sqrt(pi) per latent element of two standard normal latents. At most
         ``max_per_class`` rows of a class enter (the first ones, in split order: deterministic); a class with fewer
         than 2 train rows gets the mean of the other classes' caps (all classes: no cap, i.e. infinity).
@@ -577,7 +580,8 @@ class Trainer:
                 continue
             images = np.asarray(self.archive.images[np.sort(rows)], dtype=np.float64)
             masks = np.asarray(self.archive.masks[np.sort(rows)], dtype=np.float64)
-            x = torch.from_numpy(np.stack([images, masks], axis=1).reshape(len(rows), -1))
+            x = torch.from_numpy(np.stack([images, masks], axis=1))
+            x = pool_pairs(x, self.cfg.train.mode_seeking_pool).reshape(len(rows), -1)
             pairwise = torch.cdist(x, x, p=1) / x.shape[1]
             mean = pairwise.sum() / (len(rows) * (len(rows) - 1))  # the diagonal is 0
             ratios[c] = mean / (2 / math.sqrt(math.pi))

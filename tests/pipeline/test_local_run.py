@@ -24,8 +24,13 @@ def test_two_local_runs_register_two_versions_and_gate_decides(phantom_dir, tiny
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
     run = client.search_runs([exp.experiment_id], f"tags.`medgan.run_key` = '{first.run_key}'")[0]
     metrics = run.data.metrics
-    for key in ("train/loss_g", "train/loss_d", "eval/fid", "eval/kid", "eval/dice_real", "eval/dice_real_synth"):
+    for key in ("train/loss_g", "train/loss_d", "eval/fid", "eval/kid", "eval/dice_real", "eval/topup_n"):
         assert key in metrics, sorted(metrics)
+    # the default strategy (gan-topup) built the top-up; with no pairs kept, its Dice arm is skipped, and said so
+    if metrics["eval/topup_n"] > 0:
+        assert "eval/dice_real_synth" in metrics
+    else:
+        assert "eval/dice_real_synth" not in metrics and "Arm real+synthetic was not trained" in html
     assert run.data.params["train.steps"] == str(cfg.train.steps)
     assert len(client.get_metric_history(run.info.run_id, "train/loss_d")) >= 2  # per-step curve, not one value
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -94,6 +94,27 @@ def test_dice_comparison_arms_seeds_patients_and_the_floor(floor, informative):
     assert all(w <= c["baseline"] + 1e-9 for w, c in zip(worst, section["classes"], strict=True))
 
 
+def test_dice_comparison_without_synthetic_pairs_skips_those_arms():
+    """An empty top-up (every candidate rejected) leaves the synthetic arms undefined, never fails the evaluation."""
+    from components.config import SEG_ARMS, resolve
+    from components.evaluate.core import SKIPPED, dice_comparison
+    from components.evaluate.report import _dice
+
+    cfg = resolve("tiny", [f"eval.seg_arms={','.join(SEG_ARMS)}", "eval.seg_seeds=1", "eval.seg_steps=2"])
+    images, masks, labels, _ = lesion_slices(18, seed=1)
+    empty = (images[:0], masks[:0], labels[:0])
+    metrics, section = dice_comparison((images, masks, labels), empty, lesion_slices(18, seed=2), ["benign"], cfg, 5)
+
+    assert [a["arm"] for a in section["arms"]] == ["real", "weighted-sampler", "class-weighted-loss"]
+    assert [k["arm"] for k in section["skipped"]] == ["real+synthetic", "synthetic"]
+    for name in ("dice_real_synth", "dice_gain", "dice_gain.benign", "dice_gain_synth", "seg_fp_rate_synth"):
+        assert np.isnan(metrics[name]), name
+    assert np.isfinite(metrics["dice_real"]) and section["n_synthetic"] == 0
+    assert {g["verdict"] for g in section["gains"] if g["arm"] in ("real+synthetic", "synthetic")} == {SKIPPED}
+    html = _dice({"dice": section})
+    assert "Arm real+synthetic was not trained" in html and "not measured: the top-up holds no pairs" in html
+
+
 def test_seg_config_is_checked():
     from components.config import resolve
     from components.errors import ConfigError

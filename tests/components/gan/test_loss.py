@@ -131,3 +131,25 @@ def test_class_weights_weight_each_sample_s_d_and_g_loss_by_its_class():
     ).mean()
     g_expected = (-g_logits * weights[gen_labels]).mean()
     assert losses(weights) == pytest.approx((d_expected.item(), g_expected.item()), rel=1e-5)
+
+
+def test_pooled_mode_seeking_measures_pairs_after_average_pooling():
+    from components.gan.loss import pool_pairs
+
+    x = torch.arange(2 * 2 * 4 * 4, dtype=torch.float32).reshape(2, 2, 4, 4)
+    assert torch.equal(pool_pairs(x, 1), x)
+    pooled = pool_pairs(x, 2)
+    assert pooled.shape == (2, 2, 2, 2) and pooled[0, 0, 0, 0] == (0 + 1 + 4 + 5) / 4
+    # a checkerboard difference (pure texture) vanishes when pooled: the pooled term cannot be earned by it
+    board = (torch.arange(4)[:, None] + torch.arange(4)[None, :]) % 2 * 2 - 1.0
+    assert pool_pairs(board.expand(1, 2, 4, 4), 2).abs().max() == 0
+    z, labels = torch.randn(6, 16, generator=torch.Generator().manual_seed(4)), torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def grads(pool):
+        G, D = _nets()
+        D.requires_grad_(False)
+        loss = PhasedLoss(G, D, mode_seeking=0.5, mode_seeking_pool=pool)
+        loss.accumulate_gradients("Gmain", None, None, z, labels, torch.Generator().manual_seed(1))
+        return torch.cat([p.grad.flatten() for p in G.parameters()])
+
+    assert not torch.allclose(grads(1), grads(4))

@@ -189,6 +189,7 @@ def test_repeated_nan_raises_training_error(train_data, tmp_path, monkeypatch):
         "train.lr_d=0",
         "train.mode_seeking=-0.1",
         "train.mode_seeking_bound=-1",
+        "train.mode_seeking_pool=0",
         "train.mbstd_group=-1",
         "train.nproc=3",
     ],
@@ -214,7 +215,8 @@ def test_the_effective_ema_decay_is_warmed_up_and_logged(train_data, tmp_path):
 
 def test_mode_seeking_cap_is_the_bound_times_each_real_class_s_pairwise_distance(train_data, tmp_path):
     archive, split = train_data
-    cfg = resolve("tiny", ["train.mode_seeking=0.01", "train.mode_seeking_bound=2"])
+    cfg_overrides = ["train.mode_seeking=0.01", "train.mode_seeking_bound=2"]
+    cfg = resolve("tiny", cfg_overrides)
     trainer = Trainer(archive, split, tmp_path / "m", cfg, None)
     cap = trainer.loss.mode_seeking_cap
     assert cap is not None and cap.shape == (len(trainer.classes),)
@@ -225,6 +227,11 @@ def test_mode_seeking_cap_is_the_bound_times_each_real_class_s_pairwise_distance
         x = x.reshape(len(rows), -1)
         pairs = [np.abs(x[i] - x[j]).mean() for i in range(len(x)) for j in range(len(x)) if i != j]
         assert cap[c].item() == pytest.approx(2 * np.mean(pairs) / (2 / math.sqrt(math.pi)), rel=1e-5)
+    pooled = Trainer(
+        archive, split, tmp_path / "p", resolve("tiny", [*cfg_overrides, "train.mode_seeking_pool=4"]), None
+    )
+    assert pooled.loss.mode_seeking_pool == 4
+    assert (pooled.loss.mode_seeking_cap < cap).all()  # pooling removes the pixel-level part of the distances
     unbounded = Trainer(archive, split, tmp_path / "n", resolve("tiny", ["train.mode_seeking=0.01"]), None)
     assert unbounded.loss.mode_seeking_cap is None
     summary = trainer.fit()
