@@ -27,3 +27,11 @@ class TrainingError(MedganError):
 
 class RegistryError(MedganError):
     """The model registry refused an operation or holds inconsistent state."""
+
+
+class AuthConfigError(ConfigError):
+    """The tracking server's access control is missing or unsafe (no admin password, MLflow's default, ...)."""
+
+
+class TrackingAccessDenied(MedganError):
+    """The MLflow tracking server refused the client: no or wrong credentials (401) or no permission (403)."""

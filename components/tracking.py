@@ -7,14 +7,19 @@ the project's run folder; on Kubernetes it is a tracking server with a PostgreSQ
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import tempfile
+import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from components.errors import TrackingAccessDenied
 
 RUN_KEY_TAG = "medgan.run_key"
 
@@ -50,6 +55,32 @@ def get_or_create_experiment(tracking_uri: str, name: str) -> str:
     return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri))
 
 
+@contextlib.contextmanager
+def access_checked(tracking_uri: str) -> Iterator[None]:
+    """Turn the tracking server's refusal (401/403) into a ``TrackingAccessDenied`` that says what to set."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        status = exc.get_http_status_code()
+        if status not in (401, 403):
+            raise
+        who = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        if status == 403:
+            hint = f"user {who!r} lacks the permission; an admin of the server can grant it"
+        elif who:
+            hint = f"user {who!r} was not accepted; check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        else:
+            hint = "no credentials were sent; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        parts = urllib.parse.urlsplit(tracking_uri)
+        # never echo user:password@ of a URI that carries them
+        server = (
+            parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl() if "@" in parts.netloc else tracking_uri
+        )
+        raise TrackingAccessDenied(f"MLflow tracking server {server} refused access (HTTP {status}): {hint}") from exc
+
+
 class RunTracker:
     """Logs params, metrics, images and files of one pipeline run to MLflow."""
 
@@ -58,7 +89,8 @@ class RunTracker:
 
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
-        self.experiment_id = get_or_create_experiment(tracking_uri, experiment)
+        with access_checked(tracking_uri):
+            self.experiment_id = get_or_create_experiment(tracking_uri, experiment)
         found = self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=1
         )
