@@ -66,6 +66,17 @@ def cmd_config(args: argparse.Namespace) -> None:
     print(json.dumps(json.loads(_config(args).to_json()), indent=2))
 
 
+def cmd_sample(args: argparse.Namespace) -> None:
+    """Write synthetic DICOM samples of one class from a registered model or a generator file."""
+    from components.export import export_samples
+
+    result = export_samples(args.model, args.cls, args.n, args.out, seed=args.seed, tracking_uri=args.tracking_uri)
+    print(
+        f"wrote {result['n']} synthetic {result['class']} samples of {result['model']['title']} to {result['out']} "
+        f"(labels: {result['labels']}, manifest: {result['manifest']})"
+    )
+
+
 def cmd_stage(args: argparse.Namespace) -> None:
     """Run one stage's core on local folders (no kfp, no MLflow unless --tracking-uri is given)."""
     from components.tracking import NullTracker, RunTracker
@@ -141,6 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved configuration of a preset")
     with_config(p)
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("sample", help="write synthetic DICOM samples (+ masks, previews, manifest) of one class")
+    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a generator.pt path")
+    p.add_argument("--class", dest="cls", required=True, help="class name, e.g. malignant")
+    p.add_argument("-n", type=int, required=True, help="number of samples")
+    p.add_argument("--out", required=True, help="new (or empty) output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tracking-uri", default="", help="MLflow registry (default: MLFLOW_TRACKING_URI, runs/mlflow.db)")
+    p.set_defaults(func=cmd_sample)
 
     needs = {
         "ingest": ("data",),
