@@ -32,7 +32,7 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import prepare, read_results, result_key  # noqa: E402
+from quality import REPORTED, prepare, read_results, result_key  # noqa: E402
 
 from components.config import SEG_ARMS, resolve  # noqa: E402
 from components.evaluate.core import evaluate  # noqa: E402
@@ -40,6 +40,15 @@ from components.rebalance.core import load_split  # noqa: E402
 from components.train.core import train  # noqa: E402
 
 TOPUP = "real+synthetic"
+# The generator's quality beside the Dice evidence (issue 11's goals): held-out real references and per-class spread.
+QUALITY = (
+    *REPORTED,
+    "max_class_diversity_ratio",
+    "holdout_fid",
+    "holdout_medical_recall",
+    "holdout_medical_coverage",
+    "mask_label_mismatch",
+)
 
 
 def rare_class(split: Path) -> str:
@@ -56,7 +65,9 @@ def run_seed(archive: Path, split: Path, out: Path, overrides: list[str], seed: 
     train(archive, split, out / "model", cfg)
     train_s = time.perf_counter() - clock
     clock = time.perf_counter()
-    evaluate(archive, split, out / "model", out / "eval", cfg, cache_dir=out.parent / "cache", topup_dir=out / "topup")
+    metrics = evaluate(
+        archive, split, out / "model", out / "eval", cfg, cache_dir=out.parent / "cache", topup_dir=out / "topup"
+    )
     report = json.loads((out / "eval" / "report.json").read_text())
     dice, topup = report["dice"], report["topup"]
     gain = next(g for g in dice["gains"] if g["arm"] == TOPUP and g["class"] == rare)
@@ -74,6 +85,8 @@ def run_seed(archive: Path, split: Path, out: Path, overrides: list[str], seed: 
         "topup_kept": (topup.get("per_class") or {}).get(rare, {}).get("kept", 0),
         "topup_n": topup.get("n", 0),
         "selected_step": report["selection"]["selected_step"],
+        "quality": {k: metrics.get(k) for k in QUALITY},
+        "diversity_per_class": {c: metrics.get(f"diversity_ratio.{c}") for c in cfg.data.classes},
         "train_s": train_s,
         "eval_s": time.perf_counter() - clock,
     }
