@@ -190,6 +190,13 @@ class TrainConfig:
     # into one (1 = full resolution). Pooling leaves only what changes the coarse structure (anatomy, lesion place):
     # pixel distance alone is also earned by high-frequency texture, which is what the rare class turned into.
     mode_seeking_pool: int = 1
+    # Transitional conditioning (Shahbazi et al. 2023, against the within-class collapse of class-conditional GANs on
+    # little data): the class reaches G and D with weight 0 until step cond_transition_start (unconditional training),
+    # then a weight rising linearly to 1 at step cond_transition_end (components/gan/networks.py
+    # add_condition_weight). Both 0: conditional from the first step. Steps, not fractions of train.steps, so that
+    # extending a run (train.steps may change on resume) does not move the schedule.
+    cond_transition_start: int = 0
+    cond_transition_end: int = 0
     # Minibatch-stddev group size in D (ProGAN/StyleGAN2; groups of one class), against mode collapse; 0 or 1 = off.
     # The per-process batch (batch_size / processes) must be a multiple of it. Quickstart, 3 seeds: FID 189 vs 208.
     mbstd_group: int = 4

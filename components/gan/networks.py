@@ -41,6 +41,38 @@ def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + eps)
 
 
+def add_condition_weight(module: nn.Module) -> None:
+    """Give ``module`` the scalar ``cond_weight`` that scales its class input (transitional conditioning).
+
+    Shahbazi et al. 2023 ("Collapse by Conditioning: Training Class-conditional GANs with Limited Data") trace the
+    within-class collapse of class-conditional GANs on small data to the conditioning itself and train unconditionally
+    first, then blend the class in: ``cond_weight`` = 0 removes the class from the network (the generator's class
+    embedding, the discriminator's projection term), 1 is the plain conditional network. The trainer sets it every
+    step (``train.cond_transition_start`` / ``_end``). A non-persistent buffer: not in state dicts (model files of any
+    age load), copied with the other buffers into the EMA generator, a tensor (no recompilation under
+    ``torch.compile`` when it changes), and stored beside the weights in generator files by the trainer.
+    """
+    module.register_buffer("cond_weight", torch.ones(()), persistent=False)
+
+
+def set_condition_weight(value: float, *modules: nn.Module) -> None:
+    """Set ``cond_weight`` of every module, or submodule, that has one (see :func:`add_condition_weight`)."""
+    for module in modules:
+        for sub in module.modules():
+            weight = sub._buffers.get("cond_weight")
+            if weight is not None:
+                weight.fill_(float(value))
+
+
+def condition_weight(module: nn.Module) -> float:
+    """The ``cond_weight`` of ``module`` (of its first submodule that has one); 1.0 when none has."""
+    for sub in module.modules():
+        weight = sub._buffers.get("cond_weight")
+        if weight is not None:
+            return float(weight)
+    return 1.0
+
+
 def icnr_(conv: nn.Conv2d, scale: int = 2) -> None:
     """ICNR init (Aitken et al. 2017) of a conv that feeds a pixel shuffle.
 
@@ -102,6 +134,7 @@ class Generator(nn.Module):
         self.blocks = nn.ModuleList(_UpBlock(width[i], width[i + 1], z_dim + embed_dim) for i in range(len(width) - 1))
         self.to_pair = nn.Conv2d(width[-1], 2 * 4, 3, padding=1)
         icnr_(self.to_pair)
+        add_condition_weight(self)
 
     def init_kwargs(self) -> dict[str, int]:
         """Constructor arguments, stored with the weights so a model file rebuilds itself."""
@@ -120,7 +153,7 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Map latents ``z`` (N, z_dim) and class indices ``labels`` (N,) to pairs (N, 2, S, S); ``noise`` is unused."""
-        e = self.embed(labels)
+        e = self.embed(labels) * self.cond_weight
         cond = torch.cat([z, e], dim=1)
         x = self.fc(cond).view(z.shape[0], -1, 4, 4)
         x = F.leaky_relu(pixel_norm(x), LRELU_SLOPE)
@@ -236,6 +269,7 @@ class Discriminator(nn.Module):
         self.final = spectral_norm(nn.Conv2d(width[-1] + extra, width[-1], 3, padding=1))
         self.linear = spectral_norm(nn.Linear(width[-1], 1))
         self.embed = spectral_norm(nn.Embedding(n_classes, width[-1]))
+        add_condition_weight(self)
 
     def init_kwargs(self) -> dict[str, int]:
         """Constructor arguments, stored in checkpoints."""
@@ -254,4 +288,4 @@ class Discriminator(nn.Module):
         x = group_statistics(x, pair, self.mbstd_group, self.mbstd_mask)
         x = F.leaky_relu(self.final(x), LRELU_SLOPE)
         h = x.sum(dim=(2, 3))  # sum pooling, as in SNGAN/BigGAN projection discriminators
-        return self.linear(h).squeeze(1) + (self.embed(labels) * h).sum(dim=1)
+        return self.linear(h).squeeze(1) + self.cond_weight * (self.embed(labels) * h).sum(dim=1)

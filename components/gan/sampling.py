@@ -18,6 +18,7 @@ from torch import nn
 
 from components.errors import DataError
 from components.gan.models import build_generator
+from components.gan.networks import set_condition_weight
 
 GENERATOR_FILE = "generator.pt"
 GENERATOR_FORMAT = 1
@@ -49,6 +50,7 @@ def load_generator(
         raise DataError(f"{path}: not a medgan generator file (format {GENERATOR_FORMAT} expected)")
     generator = build_generator(blob["kwargs"])
     generator.load_state_dict(blob["state_dict"])
+    set_condition_weight(float(blob.get("cond_weight", 1.0)), generator)  # files before the option: 1
     generator.to(device).eval().requires_grad_(False)
     meta = {key: value for key, value in blob.items() if key != "state_dict"}
     return generator, meta

@@ -34,6 +34,7 @@ from torch import nn
 
 from components.gan.networks import (
     LRELU_SLOPE,
+    add_condition_weight,
     channel_width,
     check_image_size,
     group_statistics,
@@ -54,10 +55,11 @@ class MappingNetwork(nn.Module):
         self.embed = nn.Embedding(n_classes, w_dim)
         dims = [z_dim + w_dim] + [w_dim] * layers
         self.fcs = nn.ModuleList(nn.Linear(dims[i], dims[i + 1]) for i in range(layers))
+        add_condition_weight(self)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Style vectors ``(N, w_dim)``."""
-        x = torch.cat([normalize_2nd_moment(z), normalize_2nd_moment(self.embed(labels))], dim=1)
+        x = torch.cat([normalize_2nd_moment(z), normalize_2nd_moment(self.embed(labels)) * self.cond_weight], dim=1)
         for fc in self.fcs:
             x = F.leaky_relu(fc(x), LRELU_SLOPE)
         return x
@@ -240,6 +242,7 @@ class ResidualDiscriminator(nn.Module):
         self.linear = nn.Linear(width[4], 1)
         self.embed = nn.Embedding(n_classes, width[4])
         nn.init.normal_(self.embed.weight, std=1 / math.sqrt(width[4]))
+        add_condition_weight(self)
 
     def init_kwargs(self) -> dict[str, object]:
         """Constructor arguments (and the architecture's name), stored in checkpoints."""
@@ -260,4 +263,4 @@ class ResidualDiscriminator(nn.Module):
         x = group_statistics(x, pair, self.mbstd_group, self.mbstd_mask)
         x = F.leaky_relu(self.final(x), LRELU_SLOPE)
         h = F.leaky_relu(self.fc(x.flatten(1)), LRELU_SLOPE)
-        return self.linear(h).squeeze(1) + (self.embed(labels) * h).sum(dim=1)
+        return self.linear(h).squeeze(1) + self.cond_weight * (self.embed(labels) * h).sum(dim=1)

@@ -61,6 +61,7 @@ from components.gan.models import (
     discriminator_kwargs,
     generator_kwargs,
 )
+from components.gan.networks import condition_weight, set_condition_weight
 from components.gan.sampling import (
     GENERATOR_FILE,
     GENERATOR_FORMAT,
@@ -246,6 +247,15 @@ def ema_beta(decay: float, step: int) -> float:
     return min(decay, (1 + step) / (10 + step))
 
 
+def condition_schedule(step: int, start: int, end: int) -> float:
+    """Weight of the class input at (0-based) ``step``: 0 before ``start``, linear to 1 at ``end``, then 1."""
+    if step >= end:
+        return 1.0
+    if step < start:
+        return 0.0
+    return (step - start) / (end - start)
+
+
 def checkpoint_path(out_dir: str | os.PathLike[str], step: int) -> Path:
     """Where the kept checkpoint of ``step`` lives."""
     return Path(out_dir) / CHECKPOINT_DIR / f"step-{step:06d}.pt"
@@ -324,6 +334,11 @@ def check_train_config(cfg: Config) -> None:
     ):
         if getattr(tc, key) < 1:
             raise ConfigError(f"train.{key} must be at least 1, got {getattr(tc, key)}")
+    if not 0 <= tc.cond_transition_start <= tc.cond_transition_end:
+        raise ConfigError(
+            "train.cond_transition_start and _end must satisfy 0 <= start <= end, got "
+            f"{tc.cond_transition_start} and {tc.cond_transition_end}"
+        )
     for key in ("lr_g", "lr_d"):
         if not getattr(tc, key) > 0:
             raise ConfigError(f"train.{key} must be positive, got {getattr(tc, key)}")
@@ -626,6 +641,7 @@ class Trainer:
         """One optimisation step (Dmain, lazy Dreg, Gmain, EMA); returns the rank-averaged statistics."""
         tc = self.cfg.train
         g, real, real_labels = self._batch(step)
+        set_condition_weight(condition_schedule(step, tc.cond_transition_start, tc.cond_transition_end), self.G, self.D)
         gen_labels = self.row_labels[torch.multinomial(self.weights, self.batch, True, generator=g)].to(self.device)
         z_d = torch.randn(self.batch, tc.z_dim, generator=g).to(self.device)
         z_g = torch.randn(self.batch, tc.z_dim, generator=g).to(self.device)
@@ -932,6 +948,7 @@ class Trainer:
             "kwargs": self.G.init_kwargs(),
             "classes": list(self.classes),
             "step": self.step,
+            "cond_weight": condition_weight(self.G_ema),  # the class input's weight these weights were trained at
             "dataset_hash": self.dataset_hash,
             "config": self.cfg.to_json(),
         }
@@ -978,6 +995,7 @@ class Trainer:
         metrics = {f"train/{k}": float(frame[k].mean()) for k in keys if frame[k].notna().any()}
         metrics["train/img_per_s"] = self.cfg.train.batch_size * len(frame) / float(frame["step_time_s"].sum())
         metrics["train/ema_beta"] = ema_beta(self.cfg.train.ema_decay, self.step - 1)  # the last update's decay
+        metrics["train/cond_weight"] = condition_weight(self.G)  # transitional conditioning (1: fully conditional)
         self.tracker.log_metrics(metrics, step=self.step)
         shown = {f"train/{k}" for k in ("loss_g", "loss_d", "d_real", "d_fake", "img_per_s")}
         bar.set_postfix({k.split("/")[1]: f"{v:.3g}" for k, v in metrics.items() if k in shown}, refresh=False)

@@ -15,7 +15,7 @@ from components.gan.loss import PhasedLoss
 from components.gan.sampling import generate, list_snapshots, load_generator, snapshot_path
 from components.tracking import NullTracker
 from components.train.core import train
-from components.train.trainer import Trainer, ema_beta, snapshot_steps
+from components.train.trainer import Trainer, condition_schedule, ema_beta, snapshot_steps
 
 
 class RecordingTracker(NullTracker):
@@ -190,6 +190,7 @@ def test_repeated_nan_raises_training_error(train_data, tmp_path, monkeypatch):
         "train.mode_seeking=-0.1",
         "train.mode_seeking_bound=-1",
         "train.mode_seeking_pool=0",
+        "train.cond_transition_start=-1",
         "train.mbstd_group=-1",
         "train.nproc=3",
     ],
@@ -251,3 +252,27 @@ def test_class_weighted_loss_reads_rebalance_s_class_weights_and_refuses_a_split
     (split / "distribution.json").write_text(json.dumps({"class_loss_weights": {}}))
     with pytest.raises(DataError, match="another strategy"):
         Trainer(archive, split, tmp_path / "o", cfg, None)
+
+
+def test_transitional_conditioning_blends_the_class_in_and_the_model_file_keeps_its_weight(train_data, tmp_path):
+    """Unconditional until the start step, a linear ramp, then conditional; snapshots record the weight they had."""
+    from components.gan.networks import condition_weight
+
+    assert [condition_schedule(s, 2, 6) for s in (0, 1, 2, 4, 6, 9)] == [0.0, 0.0, 0.0, 0.5, 1.0, 1.0]
+    assert condition_schedule(0, 0, 0) == 1.0  # the default: conditional from the first step
+    archive, split = train_data
+    tracker = RecordingTracker()
+    cfg = resolve("tiny", ["train.cond_transition_start=2", "train.cond_transition_end=10", "train.fid_snapshots=2"])
+    Trainer(archive, split, tmp_path / "m", cfg, tracker).fit()  # 6 steps, logged every 2
+    logged = {step: m["train/cond_weight"] for m, step in tracker.metrics if "train/cond_weight" in m}
+    assert logged == {2: 0.0, 4: pytest.approx(1 / 8), 6: pytest.approx(3 / 8)}  # the last (0-based) step's weight
+    generator, meta = load_generator(tmp_path / "m")
+    assert meta["cond_weight"] == pytest.approx(3 / 8) and condition_weight(generator) == pytest.approx(3 / 8)
+    labels = np.array([0, 1, 2, 0])
+    unconditional = Trainer(archive, split, tmp_path / "u", resolve("tiny"), None).G_ema
+    from components.gan.networks import set_condition_weight
+
+    set_condition_weight(0.0, unconditional)  # weight 0: the class has no effect on the output
+    a, _ = generate(unconditional, labels, seed=3)
+    b, _ = generate(unconditional, labels[::-1].copy(), seed=3)
+    np.testing.assert_array_equal(a, b)
