@@ -45,6 +45,7 @@ CONFIG_PATH_ENV = "MLFLOW_AUTH_CONFIG_PATH"
 
 # The admin password basic_auth.ini shipped before MLflow 3 (GHSA-gq3w-7jj3-x7gr): publicly known, never accepted.
 MLFLOW_DEFAULT_PASSWORD = "password1234"
+PLACEHOLDER = "CHANGE_ME"  # what the Secret templates of k8s/secrets/ hold instead of values
 MIN_PASSWORD_LENGTH = 12  # MLflow's own password policy; checked here so the message names our variable
 PERMISSIONS = ("NO_PERMISSIONS", "READ")
 DEFAULT_PERMISSION = "NO_PERMISSIONS"
@@ -105,6 +106,10 @@ def _check_value(name: str, value: str) -> None:
     # file with a trailing newline would otherwise become a different password than the one clients use.
     if not value:
         raise AuthConfigError(f"{name} is empty")
+    if PLACEHOLDER in value:
+        raise AuthConfigError(
+            f"{name} still holds the template placeholder {PLACEHOLDER} (k8s/secrets/); set a real value"
+        )
     if "\n" in value or "\r" in value or value != value.strip():
         raise AuthConfigError(f"{name} has a line break or leading/trailing whitespace (a secret read from a file?)")
 
@@ -143,6 +148,9 @@ def serve(config_path: str | os.PathLike[str] | None, mlflow_args: Sequence[str]
     settings = AuthSettings.from_env()
     if not os.environ.get(SECRET_KEY_ENV):
         raise AuthConfigError(f"{SECRET_KEY_ENV} is empty; the basic-auth app needs a static secret key (CSRF)")
+    for name in (SECRET_KEY_ENV, "MLFLOW_BACKEND_STORE_URI"):
+        if PLACEHOLDER in os.environ.get(name, ""):
+            _check_value(name, os.environ[name])
     command = server_command(mlflow_args)
     if config_path is None:
         config_path = Path(tempfile.mkdtemp(prefix="medgan-mlflow-auth-")) / "basic_auth.ini"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -236,11 +237,13 @@ class TrainConfig:
     nodes: int = 1
     gpus_per_node: int = 1
     namespace: str = "kubeflow"
-    service_account: str = ""  # pod service account of the training job; empty: the namespace default
+    # Pod service account of the training job: k8s/base creates "medgan-training" without an API token (the pods
+    # need no API access); empty: the namespace default account.
+    service_account: str = "medgan-training"
     image_pull_policy: str = "IfNotPresent"
     # PersistentVolumeClaim mounted at data_mount_path in every training pod (and in the pipeline's train task,
     # which stages the archive and split there and copies the model back); the archive, split and model folders
-    # handed to a Kubernetes launcher must lie under that path. Default: the claim of k8s/trainer/pvc.yaml; empty
+    # handed to a Kubernetes launcher must lie under that path. Default: the claim of k8s/base/pipelines/pvc.yaml; empty
     # mounts nothing (only for images that carry the data themselves, never in the pipeline).
     data_volume_claim: str = "medgan-data"
     data_mount_path: str = "/workspace/data"
@@ -369,6 +372,115 @@ class TrackingConfig:
     experiment: str = "medgan"
 
 
+K8S_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+@dataclass
+class KubernetesConfig:
+    """How the compiled pipeline's task pods and the training job's pods run on a cluster (local runs ignore it).
+
+    Secrets are named, never held: their templates are in k8s/secrets/, in the namespace the pipeline runs in.
+    Resource quantities are Kubernetes quantities ("4", "500m", "16Gi"); "" leaves a request or limit unset.
+    """
+
+    # Secret with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, given to every task and training pod that
+    # talks to the tracking server.
+    mlflow_secret: str = "medgan-mlflow-client"
+    # Secret with MEDGAN_PATIENT_SALT (ingest.salt_env) for the ingest task: the same salt on every run, so a patient
+    # keeps one pseudonym across runs.
+    salt_secret: str = "medgan-patient-salt"
+    # Secret with the DVC remote's credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and, for S3-compatible
+    # stores, AWS_ENDPOINT_URL) for the data step (dvc pull) and the top-up push.
+    dvc_secret: str = "medgan-dvc-remote"
+    # Requests and limits of every task pod, and of the heavy ones (evaluate; train with train.launcher=local).
+    task_cpu: str = "1"
+    task_memory: str = "4Gi"
+    task_cpu_limit: str = "4"
+    task_memory_limit: str = "16Gi"
+    heavy_cpu: str = "4"
+    heavy_memory: str = "16Gi"
+    heavy_cpu_limit: str = "8"
+    heavy_memory_limit: str = "48Gi"
+    # GPUs: the accelerator resource of the train task (train.launcher=local on a GPU preset: train.nproc of them)
+    # and of the training job's pods (train.gpus_per_node each); evaluate_gpus for the evaluate task (0: CPU).
+    accelerator: str = "nvidia.com/gpu"
+    evaluate_gpus: int = 0
+    # Where GPU pods may go: node labels "key=value" (the default is set by NVIDIA's GPU feature discovery) and the
+    # taints they tolerate, "key[=value]:Effect" (key alone: any value).
+    gpu_node_selector: list[str] = field(default_factory=lambda: ["nvidia.com/gpu.present=true"])
+    gpu_tolerations: list[str] = field(default_factory=lambda: ["nvidia.com/gpu:NoSchedule"])
+    # Training job pods (per node, beside the GPUs) and the memory-backed /dev/shm of the data loader's workers.
+    pod_cpu: str = "8"
+    pod_memory: str = "32Gi"
+    pod_cpu_limit: str = ""
+    pod_memory_limit: str = "64Gi"
+    shm_size: str = "8Gi"
+    # Every pod runs as this non-root user (the image's), without privilege escalation.
+    run_as_user: int = 10001
+    # Retries of the tasks that meet transient failures (network, preemption): data step, open-run, train,
+    # evaluate, exit handler; the backoff doubles from retry_backoff up to retry_backoff_max.
+    retries: int = 2
+    retry_backoff: str = "60s"
+    retry_backoff_max: str = "30m"
+
+    def __post_init__(self) -> None:
+        """Reject a value the cluster would reject later, naming the key."""
+        for key in (
+            "task_cpu",
+            "task_memory",
+            "task_cpu_limit",
+            "task_memory_limit",
+            "heavy_cpu",
+            "heavy_memory",
+            "heavy_cpu_limit",
+            "heavy_memory_limit",
+            "pod_cpu",
+            "pod_memory",
+            "pod_cpu_limit",
+            "pod_memory_limit",
+            "shm_size",
+        ):
+            value = getattr(self, key)
+            if value and not K8S_QUANTITY.match(value):
+                raise ConfigError(f"kubernetes.{key} must be a Kubernetes quantity (4, 500m, 16Gi), got {value!r}")
+        for key in ("evaluate_gpus", "retries", "run_as_user"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"kubernetes.{key} must be 0 or more, got {getattr(self, key)}")
+        if self.run_as_user == 0:
+            raise ConfigError("kubernetes.run_as_user must not be 0: pods run as a non-root user")
+        for key in ("retry_backoff", "retry_backoff_max"):
+            if not re.match(r"^[0-9]+(s|m|h)$", getattr(self, key)):
+                raise ConfigError(f"kubernetes.{key} must be a duration (60s, 5m, 1h), got {getattr(self, key)!r}")
+        self.node_selector()
+        self.tolerations()
+
+    def node_selector(self) -> dict[str, str]:
+        """``gpu_node_selector`` as a Kubernetes nodeSelector."""
+        out = {}
+        for item in self.gpu_node_selector:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"kubernetes.gpu_node_selector entries are key=value, got {item!r}")
+            out[key] = value
+        return out
+
+    def tolerations(self) -> list[dict[str, str]]:
+        """``gpu_tolerations`` as Kubernetes tolerations (``operator: Exists`` when no value is given)."""
+        out = []
+        for item in self.gpu_tolerations:
+            spec, _, effect = item.rpartition(":")
+            key, sep, value = spec.partition("=")
+            if not key or effect not in TOLERATION_EFFECTS:
+                raise ConfigError(
+                    f"kubernetes.gpu_tolerations entries are key[=value]:Effect with Effect one of "
+                    f"{', '.join(TOLERATION_EFFECTS)}, got {item!r}"
+                )
+            tol = {"key": key, "operator": "Equal", "value": value} if sep else {"key": key, "operator": "Exists"}
+            out.append({**tol, "effect": effect})
+        return out
+
+
 @dataclass
 class Config:
     """The whole resolved configuration of one pipeline run."""
@@ -384,6 +496,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
 
     def to_json(self) -> str:
         """Serialise to JSON (the form passed between pipeline components)."""

@@ -45,6 +45,11 @@ MAX_JOB_NAME = 40
 SUCCESS_CONDITIONS = ("Complete", "Succeeded")
 FAILURE_CONDITIONS = ("Failed",)
 DATA_VOLUME = "medgan-data"
+SHM_VOLUME = "dshm"
+RUNTIME_PATCH_MANAGER = "medgan-ops.io/train"  # owner of the TrainJob's runtime patch
+MLFLOW_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")  # keys of kubernetes.mlflow_secret
+MLFLOW_CLIENT_LABEL = ("medgan-ops/mlflow-client", "true")  # pods the tracking server's NetworkPolicy admits
+CONTAINER_SECURITY_CONTEXT = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 STAGING_FOLDER = "pipeline-runs"  # under train.data_mount_path: one sub-folder per pipeline run
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # a kfp run UUID; never a path
 
@@ -124,27 +129,84 @@ def _command(cfg: Config) -> list[str]:
     return ["python", "-m", "torch.distributed.run", "-m", "components.train.worker"]
 
 
-def _env(tracking: dict[str, str] | None) -> list[dict[str, str]]:
-    env = [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "MEDGAN_LAUNCHER", "value": "kubernetes"}]
+def _env(cfg: Config, tracking: dict[str, str] | None) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "MEDGAN_LAUNCHER", "value": "kubernetes"},
+    ]
     if tracking:
         env += [
             {"name": "MLFLOW_TRACKING_URI", "value": tracking["tracking_uri"]},
             {"name": "MLFLOW_EXPERIMENT_NAME", "value": tracking["experiment"]},
             {"name": "MEDGAN_RUN_KEY", "value": tracking["run_key"]},
         ]
+        secret = cfg.kubernetes.mlflow_secret
+        if secret:  # rank 0 logs to a tracking server that runs MLflow's basic-auth app (k8s/README.md)
+            env += [
+                {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": name}}}
+                for name in MLFLOW_CREDENTIALS
+            ]
     return env
 
 
 def _volumes(cfg: Config) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    tc = cfg.train
-    if not tc.data_volume_claim:
-        return [], []
-    volumes = [{"name": DATA_VOLUME, "persistentVolumeClaim": {"claimName": tc.data_volume_claim}}]
-    return volumes, [{"name": DATA_VOLUME, "mountPath": tc.data_mount_path}]
+    """The pods' volumes and the container's mounts: the shared data claim and a memory-backed /dev/shm."""
+    tc, kc = cfg.train, cfg.kubernetes
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if tc.data_volume_claim:
+        volumes.append({"name": DATA_VOLUME, "persistentVolumeClaim": {"claimName": tc.data_volume_claim}})
+        mounts.append({"name": DATA_VOLUME, "mountPath": tc.data_mount_path})
+    if kc.shm_size:  # the container runtime's default /dev/shm (64 MiB) is too small for DataLoader workers
+        volumes.append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": kc.shm_size}})
+        mounts.append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
+    return volumes, mounts
+
+
+def _resources(cfg: Config) -> dict[str, dict[str, str]]:
+    """Requests and limits of one training pod: its GPUs beside CPU and memory (``""`` leaves one unset)."""
+    tc, kc = cfg.train, cfg.kubernetes
+    gpus = {kc.accelerator: str(tc.gpus_per_node)}  # an extended resource: request == limit
+    requests = {k: v for k, v in (("cpu", kc.pod_cpu), ("memory", kc.pod_memory)) if v}
+    limits = {k: v for k, v in (("cpu", kc.pod_cpu_limit), ("memory", kc.pod_memory_limit)) if v}
+    return {"requests": {**requests, **gpus}, "limits": {**limits, **gpus}}
+
+
+def pod_security_context(cfg: Config) -> dict[str, Any]:
+    """The pod-level security context of the training pods: the image's non-root user, RuntimeDefault seccomp."""
+    uid = cfg.kubernetes.run_as_user
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _pod_fields(cfg: Config, volumes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Identity, placement, security and volumes of a training pod (the container aside)."""
+    kc = cfg.kubernetes
+    fields: dict[str, Any] = {}
+    if cfg.train.service_account:
+        fields["serviceAccountName"] = cfg.train.service_account
+    if kc.node_selector():
+        fields["nodeSelector"] = kc.node_selector()
+    if kc.tolerations():
+        fields["tolerations"] = kc.tolerations()
+    fields["securityContext"] = pod_security_context(cfg)
+    if volumes:
+        fields["volumes"] = volumes
+    return fields
 
 
 def _labels(cfg: Config) -> dict[str, str]:
     return {"app.kubernetes.io/name": "medgan-ops", "app.kubernetes.io/component": "train", "medgan/preset": cfg.preset}
+
+
+def _pod_labels(cfg: Config) -> dict[str, str]:
+    # The tracking server's NetworkPolicy (k8s/base/tracking/networkpolicy.yaml) admits pods with this label only.
+    return {**_labels(cfg), MLFLOW_CLIENT_LABEL[0]: MLFLOW_CLIENT_LABEL[1]}
 
 
 def build_trainjob(
@@ -157,11 +219,20 @@ def build_trainjob(
     name: str | None = None,
     image: str = BASE_IMAGE,
 ) -> dict[str, Any]:
-    """A Kubeflow Trainer v2 ``TrainJob`` on the ``torch-distributed`` ClusterTrainingRuntime."""
+    """A Kubeflow Trainer ``TrainJob`` (v2.2 and later: ``runtimePatches``) on the ``torch-distributed`` runtime.
+
+    Resources and environment go in ``spec.trainer``; placement, identity, security, volumes and pod labels in a
+    runtime patch of the runtime's ``node`` job (the fields Trainer lets a TrainJob patch).
+    """
     tc = cfg.train
     check_kubernetes_config(cfg, archive_dir, split_dir, out_dir)
     volumes, mounts = _volumes(cfg)
-    job: dict[str, Any] = {
+    container: dict[str, Any] = {"name": "node", "securityContext": CONTAINER_SECURITY_CONTEXT}
+    if mounts:
+        container["volumeMounts"] = mounts
+    pod = {"metadata": {"labels": _pod_labels(cfg)}, "spec": {**_pod_fields(cfg, volumes), "containers": [container]}}
+    node_job = {"name": "node", "template": {"spec": {"template": pod}}}
+    return {
         "apiVersion": f"{TRAINJOB_GROUP}/{TRAINJOB_VERSION}",
         "kind": "TrainJob",
         "metadata": {
@@ -175,25 +246,19 @@ def build_trainjob(
                 "image": image,
                 "command": _command(cfg),
                 "args": worker_args(archive_dir, split_dir, out_dir, cfg, tracking),
-                "env": _env(tracking),
+                "env": _env(cfg, tracking),
                 "numNodes": tc.nodes,
                 "numProcPerNode": tc.gpus_per_node,
-                "resourcesPerNode": {
-                    "limits": {"nvidia.com/gpu": str(tc.gpus_per_node)},
-                    "requests": {"nvidia.com/gpu": str(tc.gpus_per_node)},
-                },
+                "resourcesPerNode": _resources(cfg),
             },
+            "runtimePatches": [
+                {
+                    "manager": RUNTIME_PATCH_MANAGER,
+                    "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [node_job]}}},
+                }
+            ],
         },
     }
-    overrides: dict[str, Any] = {}
-    if volumes:
-        overrides["volumes"] = volumes
-        overrides["containers"] = [{"name": "node", "volumeMounts": mounts}]
-    if tc.service_account:
-        overrides["serviceAccountName"] = tc.service_account
-    if overrides:
-        job["spec"]["podSpecOverrides"] = [{"targetJobs": [{"name": "node"}], **overrides}]
-    return job
 
 
 def build_pytorchjob(
@@ -216,22 +281,21 @@ def build_pytorchjob(
         "imagePullPolicy": tc.image_pull_policy,
         "command": _command(cfg),
         "args": worker_args(archive_dir, split_dir, out_dir, cfg, tracking),
-        "env": _env(tracking),
-        "resources": {
-            "limits": {"nvidia.com/gpu": str(tc.gpus_per_node)},
-            "requests": {"nvidia.com/gpu": str(tc.gpus_per_node)},
-        },
+        "env": _env(cfg, tracking),
+        "resources": _resources(cfg),
+        "securityContext": CONTAINER_SECURITY_CONTEXT,
     }
     if mounts:
         container["volumeMounts"] = mounts
-    pod_spec: dict[str, Any] = {"containers": [container]}
-    if volumes:
-        pod_spec["volumes"] = volumes
-    if tc.service_account:
-        pod_spec["serviceAccountName"] = tc.service_account
+    pod_spec: dict[str, Any] = {
+        **_pod_fields(cfg, volumes),
+        "automountServiceAccountToken": False,  # the training pods need no API access
+        "containers": [container],
+    }
+    template = {"metadata": {"labels": _pod_labels(cfg)}, "spec": pod_spec}
 
     def replica(count: int) -> dict[str, Any]:
-        return {"replicas": count, "restartPolicy": "OnFailure", "template": {"spec": json.loads(json.dumps(pod_spec))}}
+        return {"replicas": count, "restartPolicy": "OnFailure", "template": json.loads(json.dumps(template))}
 
     replicas = {"Master": replica(1)}
     if tc.nodes > 1:
@@ -445,7 +509,8 @@ def pipeline_volume(cfg: Config | None) -> PipelineVolume | None:
     if not tc.data_volume_claim:
         raise ConfigError(
             f"train.launcher={tc.launcher} in a pipeline needs train.data_volume_claim (a ReadWriteMany claim such "
-            f"as {DATA_VOLUME!r} of k8s/trainer/pvc.yaml): the train task and the training pods exchange data there"
+            f"as {DATA_VOLUME!r} of k8s/base/pipelines/pvc.yaml): the train task and the training pods exchange "
+            "data there"
         )
     staging = str(PurePosixPath(tc.data_mount_path) / STAGING_FOLDER)
     check_kubernetes_config(cfg, staging)
@@ -589,7 +654,7 @@ EXAMPLE_TRACKING = {"tracking_uri": "http://mlflow.medgan.svc:5000", "experiment
 
 
 def example_job(launcher: str = "trainjob", image: str = EXAMPLE_IMAGE) -> dict[str, Any]:
-    """The job k8s/trainer/example/ holds: the default config on the ``medgan-data`` volume, 1 node x 1 GPU."""
+    """The job k8s/examples/ holds: the default config on the ``medgan-data`` volume, 1 node x 1 GPU."""
     from components.config import resolve
 
     cfg = resolve("quickstart", [f"train.launcher={launcher}", "train.data_volume_claim=medgan-data"])

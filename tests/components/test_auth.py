@@ -53,6 +53,9 @@ REFUSED = [
     ({auth.AUTH_DB_ENV: None}, "MEDGAN_MLFLOW_AUTH_DB_URI"),
     ({auth.AUTH_DB_ENV: "auth.db"}, "not a database URI"),
     ({auth.DEFAULT_PERMISSION_ENV: "EDIT"}, "NO_PERMISSIONS, READ"),
+    # a value copied from the Secret template of k8s/secrets/ without filling it in
+    ({auth.ADMIN_PASSWORD_ENV: "CHANGE_ME-admin-password-at-least-12-characters"}, "placeholder CHANGE_ME"),
+    ({auth.AUTH_DB_ENV: "postgresql+psycopg2://CHANGE_ME-user:pw@db/auth"}, "MEDGAN_MLFLOW_AUTH_DB_URI still holds"),
 ]
 
 

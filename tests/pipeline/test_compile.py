@@ -51,7 +51,7 @@ def test_local_launcher_compiles_without_platform_config(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "claim", "mount"),
     [
-        (["train.launcher=trainjob"], "medgan-data", "/workspace/data"),  # defaults: k8s/trainer/pvc.yaml
+        (["train.launcher=trainjob"], "medgan-data", "/workspace/data"),  # defaults: k8s/base/pipelines/pvc.yaml
         (
             ["train.launcher=pytorchjob", "train.data_volume_claim=gan-scratch", "train.data_mount_path=/mnt/gan"],
             "gan-scratch",

@@ -63,20 +63,40 @@ def test_trainjob_spec_is_a_valid_trainer_v2_object():
     trainer = spec["trainer"]
     assert trainer["image"] == "registry.example/medgan:1"
     assert trainer["numNodes"] == 2 and isinstance(trainer["numNodes"], int) and trainer["numProcPerNode"] == 4
-    for part in ("limits", "requests"):
-        assert trainer["resourcesPerNode"][part] == {"nvidia.com/gpu": "4"}
+    # GPUs beside CPU and memory (kubernetes.pod_*), the GPU count as request and limit
+    assert trainer["resourcesPerNode"] == {
+        "requests": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "4"},
+        "limits": {"memory": "64Gi", "nvidia.com/gpu": "4"},
+    }
     _check_round_trip(_worker_argv(trainer["command"], trainer["args"]), cfg)
-    env = {e["name"]: e["value"] for e in trainer["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in trainer["env"]}
     assert env["MLFLOW_TRACKING_URI"] == TRACKING["tracking_uri"] and env["MEDGAN_RUN_KEY"] == "run-7"
-    assert all(isinstance(e["value"], str) for e in trainer["env"])
-    (override,) = spec["podSpecOverrides"]
-    assert override["targetJobs"] == [{"name": "node"}] and override["serviceAccountName"] == "medgan-trainer"
-    assert override["volumes"] == [{"name": "medgan-data", "persistentVolumeClaim": {"claimName": "medgan-data"}}]
-    assert override["containers"] == [
-        {"name": "node", "volumeMounts": [{"name": "medgan-data", "mountPath": "/workspace/data"}]}
-    ]
-    for volume in override["volumes"]:
-        assert _deserialize(volume, "V1Volume").persistent_volume_claim.claim_name == "medgan-data"
+    # the tracking server's credentials come from the Secret kubernetes.mlflow_secret, never inline
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        assert env[key] == {"secretKeyRef": {"name": "medgan-mlflow-client", "key": key}}
+    for e in trainer["env"]:
+        _deserialize(e, "V1EnvVar")
+    # placement, identity, security and volumes: a runtime patch of the runtime's "node" job (Trainer >= v2.2)
+    (patch,) = spec["runtimePatches"]
+    assert patch["manager"] == k8s.RUNTIME_PATCH_MANAGER
+    (node_job,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert node_job["name"] == "node"
+    pod = node_job["template"]["spec"]["template"]
+    assert pod["metadata"]["labels"]["medgan-ops/mlflow-client"] == "true"
+    pod_spec = _deserialize(pod["spec"], "V1PodSpec")
+    assert pod_spec.service_account_name == "medgan-trainer"
+    assert pod_spec.node_selector == {"nvidia.com/gpu.present": "true"}
+    assert [(t.key, t.operator, t.effect) for t in pod_spec.tolerations] == [("nvidia.com/gpu", "Exists", "NoSchedule")]
+    assert pod_spec.security_context.run_as_non_root and pod_spec.security_context.run_as_user == 10001
+    volumes = {v.name: v for v in pod_spec.volumes}
+    assert volumes["medgan-data"].persistent_volume_claim.claim_name == "medgan-data"
+    assert (volumes["dshm"].empty_dir.medium, volumes["dshm"].empty_dir.size_limit) == ("Memory", "8Gi")
+    (container,) = pod_spec.containers
+    assert container.name == "node" and container.security_context.allow_privilege_escalation is False
+    assert {m.name: m.mount_path for m in container.volume_mounts} == {
+        "medgan-data": "/workspace/data",
+        "dshm": "/dev/shm",
+    }
     # The default image is the project's one (components.image).
     assert k8s.build_trainjob(*PATHS, cfg, TRACKING)["spec"]["trainer"]["image"] == k8s.BASE_IMAGE
 
@@ -100,9 +120,22 @@ def test_pytorchjob_spec_is_a_valid_training_operator_v1_object(nodes):
         (container,) = template.spec.containers
         assert container.name == "pytorch", role
         assert container.image == k8s.BASE_IMAGE and container.image_pull_policy == "Always"
-        assert container.resources.limits == {"nvidia.com/gpu": "2"} == container.resources.requests
-        assert container.volume_mounts[0].mount_path == "/workspace/data"
+        assert container.resources.requests == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"}
+        assert container.resources.limits == {"memory": "64Gi", "nvidia.com/gpu": "2"}
+        assert {m.name: m.mount_path for m in container.volume_mounts} == {
+            "medgan-data": "/workspace/data",
+            "dshm": "/dev/shm",
+        }
         assert template.spec.volumes[0].persistent_volume_claim.claim_name == "medgan-data"
+        assert container.security_context.allow_privilege_escalation is False
+        assert container.security_context.capabilities.drop == ["ALL"]
+        assert template.spec.security_context.run_as_non_root and template.spec.automount_service_account_token is False
+        assert template.spec.node_selector == {"nvidia.com/gpu.present": "true"} and template.spec.tolerations
+        assert template.metadata.labels["medgan-ops/mlflow-client"] == "true"
+        secret_env = {e.name: e.value_from.secret_key_ref.name for e in container.env if e.value_from}
+        assert secret_env == {
+            k: "medgan-mlflow-client" for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+        }
         _check_round_trip(_worker_argv(container.command, container.args), cfg)
     # Masters and workers are separate objects (no shared, aliased dicts in the spec).
     if nodes > 1:
@@ -139,9 +172,9 @@ def test_paths_outside_the_shared_volume_are_rejected():
 
 
 def test_example_manifests_match_what_the_code_renders():
-    """k8s/trainer/example/*.yaml are generated from the defaults; regenerate them when the spec changes."""
+    """k8s/examples/*.yaml are generated from the defaults; regenerate them when the spec changes."""
     for launcher, file in (("trainjob", "trainjob.yaml"), ("pytorchjob", "pytorchjob.yaml")):
-        on_disk = yaml.safe_load((ROOT / "k8s/trainer/example" / file).read_text())
+        on_disk = yaml.safe_load((ROOT / "k8s/examples" / file).read_text())
         fresh = k8s.example_job(launcher)
 
         def without_config(job):
@@ -159,35 +192,11 @@ def test_example_manifests_match_what_the_code_renders():
 
         disk_job, disk_cfgs = without_config(on_disk)
         fresh_job, fresh_cfgs = without_config(fresh)
-        assert disk_job == fresh_job, f"regenerate k8s/trainer/example/{file}: python -m components.train.kubernetes"
+        assert disk_job == fresh_job, (
+            f"regenerate k8s/examples/{file}: python -m components.train.kubernetes {launcher}"
+        )
         # Other stages' sections may grow fields; the train section must be exactly what the code renders.
         assert [c["train"] for c in disk_cfgs] == [c["train"] for c in fresh_cfgs]
-
-
-def test_trainer_kustomization_lists_existing_manifests_and_rbac_covers_both_job_kinds():
-    base = ROOT / "k8s/trainer"
-    for folder in (base, base / "example", base / "pipeline-runner"):
-        kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
-        for resource in kustomization["resources"]:
-            assert (folder / resource).exists(), f"{folder}: {resource} missing"
-    docs = list(yaml.safe_load_all((base / "rbac.yaml").read_text()))
-    kinds = {d["kind"]: d for d in docs}
-    assert set(kinds) == {"ServiceAccount", "Role", "RoleBinding"}
-    granted = {
-        (g, r): set(rule["verbs"])
-        for rule in kinds["Role"]["rules"]
-        for g in rule["apiGroups"]
-        for r in rule["resources"]
-    }
-    for key in (("trainer.kubeflow.org", "trainjobs"), ("kubeflow.org", "pytorchjobs")):
-        assert {"create", "get", "watch", "delete"} <= granted[key]
-    binding = kinds["RoleBinding"]
-    assert binding["roleRef"]["name"] == kinds["Role"]["metadata"]["name"]
-    assert binding["subjects"][0]["name"] == kinds["ServiceAccount"]["metadata"]["name"]
-    # KFP v2 runs the train task as the run's service account: the overlay binds the same Role to it
-    runner = yaml.safe_load((base / "pipeline-runner/rolebinding.yaml").read_text())
-    assert runner["roleRef"] == binding["roleRef"]
-    assert runner["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
 
 
 # ------------------------------------------------------------------------------------------ submit and wait
@@ -409,8 +418,8 @@ def _volume(cfg: Config) -> dict[str, str]:
 def test_pipeline_volume_follows_the_launcher_and_is_checked_at_compile_time():
     assert k8s.pipeline_volume(None) is None and k8s.pipeline_volume(resolve("quickstart")) is None
     volume = k8s.pipeline_volume(resolve("quickstart", ["train.launcher=pytorchjob"]))
-    # defaults: the claim of k8s/trainer/pvc.yaml at the path the example jobs use
-    pvc = yaml.safe_load((ROOT / "k8s/trainer/pvc.yaml").read_text())
+    # defaults: the claim of k8s/base/pipelines/pvc.yaml at the path the example jobs use
+    pvc = yaml.safe_load((ROOT / "k8s/base/pipelines/pvc.yaml").read_text())
     assert volume == k8s.PipelineVolume(pvc["metadata"]["name"], "/workspace/data", "/workspace/data/pipeline-runs")
     custom = k8s.pipeline_volume(_cfg("trainjob", "train.data_volume_claim=gan-scratch", "train.data_mount_path=/d"))
     assert (custom.claim, custom.mount_path, custom.staging_dir) == ("gan-scratch", "/d", "/d/pipeline-runs")
@@ -551,9 +560,10 @@ def test_the_train_component_runs_the_job_on_the_staged_copies(tmp_path, monkeyp
     job = created[4]
     args = parse_args(job["spec"]["trainer"]["args"])
     assert (args.archive, args.split, args.out) == (str(root / "archive"), str(root / "split"), str(root / "model"))
-    (override,) = job["spec"]["podSpecOverrides"]
-    assert override["volumes"][0]["persistentVolumeClaim"]["claimName"] == "medgan-data"
-    assert override["containers"][0]["volumeMounts"][0]["mountPath"] == str(tmp_path / "mnt")
+    (patch,) = job["spec"]["runtimePatches"]
+    pod = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
+    assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "medgan-data"
+    assert pod["spec"]["containers"][0]["volumeMounts"][0]["mountPath"] == str(tmp_path / "mnt")
     assert json.loads(out)["paths"] == {"generator": str(model / "generator.pt")}
     assert (model / "generator.pt").read_bytes() == b"G" and not root.exists()
 
