@@ -54,6 +54,9 @@ class IngestConfig:
     multiframe: str = "frames"
     # Colour (RGB, YBR, PALETTE COLOR) images: "convert" to luminance (ITU-R BT.601), "reject" quarantines them.
     rgb: str = "convert"
+    # Masks with more than one non-zero value (label maps, e.g. 1 = lesion, 2 = organ): "reject" quarantines them
+    # (reason mask_label_map), "binarise" treats every non-zero pixel as lesion.
+    label_maps: str = "reject"
 
 
 @dataclass

@@ -1,28 +1,33 @@
-"""Reading one DICOM file (and its lesion mask) into the normalised arrays of the dataset archive.
+"""Reading one DICOM file into the normalised arrays of the dataset archive.
 
 The pipeline, in order, for every frame of a file:
 
-1. header only (``stop_before_pixels``): refuse oversized images before any pixel is decoded (the declared
-   Rows x Columns x Frames x Samples x BitsAllocated/8 and the file size are checked against
-   ``cfg.ingest.max_decoded_bytes``, so a hostile file cannot make us allocate much memory), and multi-frame or
-   colour images when ``ingest.multiframe=reject`` / ``ingest.rgb=reject``;
-2. decode the pixel data (pydicom, with pylibjpeg + openjpeg/libjpeg/rle for JPEG baseline/extended/lossless,
-   JPEG-LS, JPEG 2000 and RLE; deflated, big-endian and implicit-VR files natively); uncompressed pixel data
-   shorter than declared is reported as a truncated file;
-3. greyscale: Modality LUT (rescale slope/intercept, per frame for enhanced multi-frame images, or a Modality LUT
+1. bytes: a file of 0 bytes, a folder or a file larger than ``cfg.ingest.max_decoded_bytes`` (plus a header
+   allowance) is refused unread; a deflated data set is inflated in bounded chunks
+   (:mod:`components.dicomdeflate`), never past that limit either;
+2. header: refuse oversized images before any pixel is decoded (the declared Rows x Columns x Frames x Samples x
+   BitsAllocated/8 is checked against ``cfg.ingest.max_decoded_bytes``, so a hostile file cannot make us allocate
+   much memory), invalid image attributes, and multi-frame or colour images when ``ingest.multiframe=reject`` /
+   ``ingest.rgb=reject``; a file without preamble and File Meta (as old exporters write) gets the transfer syntax
+   pydicom detected from its encoding; a file cut short is refused as truncated;
+3. decode the pixel data (pydicom, with pylibjpeg + openjpeg/libjpeg/rle for JPEG baseline/extended/lossless,
+   JPEG-LS, JPEG 2000 and RLE; deflated, big-endian and implicit-VR files natively); uncompressed pixel data whose
+   length differs from what Rows x Columns x Frames x BitsAllocated/8 needs (beyond the one pad byte of an odd
+   length) is refused as a length mismatch: the header does not describe the data;
+4. greyscale: Modality LUT (rescale slope/intercept, per frame for enhanced multi-frame images, or a Modality LUT
    Sequence): stored values -> modality units (HU for CT); colour (RGB, YBR converted to RGB by pydicom, PALETTE
    COLOR through its colour table): ITU-R BT.601 luminance, windowed over the full stored range (``window_source``
    ``full_range``);
-4. greyscale: VOI to [0, 1]: the configured window, else the frame's header window (linear, or sigmoid where its
+5. greyscale: VOI to [0, 1]: the configured window, else the frame's header window (linear, or sigmoid where its
    VOILUTFunction says so), else a VOI LUT Sequence, else the 0.5/99.5 percentiles of the frame (see
    :mod:`components.windowing`);
-5. MONOCHROME1: invert (DICOM applies the window before this presentation inversion, so header windows of
+6. MONOCHROME1: invert (DICOM applies the window before this presentation inversion, so header windows of
    MONOCHROME1 files are in the uninverted modality units);
-6. make square (``ingest.square``: pad with black, or crop the centred square), resize to ``cfg.data.image_size``
+7. make square (``ingest.square``: pad with black, or crop the centred square), resize to ``cfg.data.image_size``
    (bilinear, antialiased when shrinking, Pillow) and map to [-1, 1].
 
-Masks are binarised (any non-zero pixel is lesion), squared the same way and resized with nearest-neighbour so
-they stay binary. Every refusal is an :class:`ImageRejected` with a reason code from :data:`REASONS`.
+Every refusal is an :class:`ImageRejected` with a reason code from :data:`REASONS` and a message of ours (never an
+exception's text, which may quote header bytes). Lesion masks are read by :mod:`components.ingest.masks`.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import contextlib
 import io
 import math
 import os
+import stat
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,11 +46,13 @@ from typing import Any
 import numpy as np
 import pydicom
 from PIL import Image
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from components import dicomscan, windowing
+from components import dicomdeflate, dicomscan, windowing
 from components.config import Config
 from components.dicomheader import Header
 from components.errors import ConfigError, DataError
@@ -94,23 +102,32 @@ _HEADER_KEYWORDS: tuple[str, ...] = (
 )
 _KEPT_TAGS = dicomscan.tags(_HEADER_KEYWORDS + PHI_TAGS)
 
-# Reason codes of a rejected image or mask, with what each means. Ingest adds its own (see components.ingest).
+# Reason codes of a rejected image, with what each means (stable: quarantine.csv and the README use them). Masks
+# (components.ingest.masks) and labels.csv rows (components.ingest.core) add their own.
 REASONS: dict[str, str] = {
-    "not_dicom": "not a DICOM file",
-    "unreadable": "a DICOM file whose header cannot be parsed, or whose pixel data is cut short (truncated/corrupt)",
-    "no_pixel_data": "a DICOM object without an image (e.g. a structured report)",
-    "bad_header": "image attributes missing or inconsistent (Rows, Columns, BitsAllocated, ...)",
-    "too_large": "declared decoded size or file size above ingest.max_decoded_bytes",
+    "empty_file": "the file is empty (0 bytes)",
+    "not_a_file": "a folder (or other non-regular file) where a file was expected",
+    "unreadable": "the operating system refused to read the file (permissions, I/O error)",
+    "not_dicom": "not a DICOM file: no 'DICM' preamble and no parsable DICOM header",
+    "truncated": "a DICOM file cut short: it ends inside its header, a data element or its deflated data set (or "
+    "an element's length is corrupt and runs past the end)",
+    "corrupt": "a DICOM file whose header is malformed and cannot be parsed",
+    "no_pixel_data": "a DICOM object without an image (e.g. a structured report), or an empty Pixel Data element",
+    "bad_header": "an image attribute missing or invalid (Rows, Columns, BitsAllocated, a non-numeric RescaleSlope, "
+    "a LUT that does not fit the data, ...)",
+    "pixel_length_mismatch": "uncompressed pixel data longer or shorter than Rows x Columns x Frames x BitsAllocated/8 "
+    "(beyond the one pad byte): the header does not describe the data",
+    "too_large": "file size, declared decoded size or inflated size above ingest.max_decoded_bytes",
     "unsupported_photometric": "an unsupported colour model, or a colour/palette image with ingest.rgb=reject",
     "multiframe": "more than one frame with ingest.multiframe=reject",
-    "decode_error": "the pixel data could not be decoded (codec error, or decoded shape differs from the header)",
-    "mask_unreadable": "the mask file is not an image Pillow can read",
-    "mask_size_mismatch": "the mask's size differs from the image's Rows x Columns",
+    "decode_error": "compressed pixel data the codec cannot decode, a decoded shape that differs from the header, "
+    "or NaN/infinite float pixels",
 }
 
 # Header, tags and file-meta overhead tolerated on top of the decoded pixel size before a file counts as too large.
 _HEADER_ALLOWANCE = 16 * 1024 * 1024
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 INTERPOLATION = "bilinear, antialiased when shrinking (Pillow); masks nearest"
 _GREY = frozenset({"MONOCHROME1", "MONOCHROME2"})
 # Three-sample colour models pydicom decodes to RGB (YBR via its colour-space conversion or the JPEG 2000 MCT).
@@ -119,6 +136,7 @@ _POLICIES: dict[str, tuple[str, ...]] = {
     "square": ("pad", "crop"),
     "multiframe": ("frames", "reject"),
     "rgb": ("convert", "reject"),
+    "label_maps": ("reject", "binarise"),
 }
 
 
@@ -172,9 +190,9 @@ def read_header(path: str | os.PathLike[str], cfg: Config) -> Dataset:
     """
     path = Path(path)
     check_policy(cfg)
-    _check_size(path, cfg)
+    raw = _read_bytes(path, cfg)
     with _lenient_values():
-        ds = _parse(path, stop_before_pixels=True)
+        ds = _parse(path, raw, cfg, stop_before_pixels=True)
         _image_header(Header(ds), path, cfg)
     return ds
 
@@ -207,12 +225,27 @@ def _lenient_values() -> Iterator[None]:
         settings.reading_validation_mode = previous
 
 
-def _check_size(path: Path, cfg: Config) -> None:
-    limit = cfg.ingest.max_decoded_bytes
+def _read_bytes(path: Path, cfg: Config) -> bytes:
+    """The file's bytes, once :func:`_check_file` has passed."""
+    _check_file(path, cfg.ingest.max_decoded_bytes)
     try:
-        size = path.stat().st_size
+        return path.read_bytes()
     except OSError as exc:
-        raise ImageRejected("unreadable", path, f"cannot read the file ({_exc_name(exc)})") from None
+        raise ImageRejected("unreadable", path, f"the file cannot be read: {_os_error(exc)}") from None
+
+
+def _check_file(path: Path, limit: int) -> None:
+    """Refuse, unread, a path that is not a regular file, is empty, or is larger than ``limit`` plus the allowance."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise ImageRejected("unreadable", path, f"the file cannot be read: {_os_error(exc)}") from None
+    if not stat.S_ISREG(info.st_mode):
+        what = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise ImageRejected("not_a_file", path, f"{what}, where labels.csv names a file")
+    size = info.st_size
+    if size == 0:
+        raise ImageRejected("empty_file", path, "the file is empty (0 bytes)")
     if size > limit + _HEADER_ALLOWANCE:
         # Checked before parsing: even the header parser would read large elements into memory.
         raise ImageRejected(
@@ -223,19 +256,23 @@ def _check_size(path: Path, cfg: Config) -> None:
         )
 
 
-def _image_header(h: Header, path: Path, cfg: Config) -> _ImageHeader:
-    """The image checks of :func:`read_header` on a parsed header (its pixel data not decoded yet)."""
+def _image_header(h: Header, path: Path, cfg: Config, has_pixels: bool = False) -> _ImageHeader:
+    """The image checks of :func:`read_header` on a parsed header (its pixel data not decoded yet).
+
+    ``has_pixels``: the file has a Pixel Data element, so missing image attributes are a bad header, not a
+    non-image object.
+    """
     limit = cfg.ingest.max_decoded_bytes
-    if "Rows" not in h and "Columns" not in h and "NumberOfFrames" not in h:
-        raise ImageRejected("no_pixel_data", path, f"no image in this DICOM object (SOP class {_sop_class(h.ds)})")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # value-validation warnings quote raw values: keep them out of logs
-            rows, cols, bits = int(h["Rows"]), int(h["Columns"]), int(h["BitsAllocated"])
-            samples = int(h.get("SamplesPerPixel", 1) or 1)
-            frames = int(h.get("NumberOfFrames", 1) or 1)
-    except (KeyError, AttributeError, TypeError, ValueError) as exc:
-        raise ImageRejected("bad_header", path, f"image attributes missing or invalid ({_exc_name(exc)})") from None
+    if not has_pixels and "Rows" not in h and "Columns" not in h and "NumberOfFrames" not in h:
+        raise ImageRejected(
+            "no_pixel_data",
+            path,
+            f"no image attributes and no pixel data in this DICOM object (SOP class {_sop_class(h)})",
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # value-validation warnings quote raw values: keep them out of logs
+        rows, cols, bits = _int(h, "Rows", path), _int(h, "Columns", path), _int(h, "BitsAllocated", path)
+        samples, frames = _int(h, "SamplesPerPixel", path, 1), _int(h, "NumberOfFrames", path, 1)
     if rows <= 0 or cols <= 0 or bits not in (1, 8, 16, 32, 64) or samples <= 0 or frames <= 0:
         raise ImageRejected(
             "bad_header",
@@ -270,6 +307,21 @@ def _image_header(h: Header, path: Path, cfg: Config) -> _ImageHeader:
     return _ImageHeader(rows, cols, bits, samples, frames, photometric)
 
 
+def _int(h: Header, keyword: str, path: Path, default: int | None = None) -> int:
+    """A single integer header value; ``default`` when absent (or empty), bad_header when required or invalid."""
+    try:
+        value = h.get(keyword)
+        if value is None or value == "":
+            if default is None:
+                raise ImageRejected("bad_header", path, f"the image attribute {keyword} is missing")
+            return default
+        if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+            raise ImageRejected("bad_header", path, f"{keyword} has {len(value)} values where one is allowed")
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ImageRejected("bad_header", path, f"{keyword} is not a valid integer") from None
+
+
 def read_frames(path: str | os.PathLike[str], cfg: Config, source_hash: Any = None) -> list[DicomImage]:
     """Decode every frame of ``path`` into float32 images in [-1, 1] of size ``cfg.data.image_size``.
 
@@ -278,11 +330,7 @@ def read_frames(path: str | os.PathLike[str], cfg: Config, source_hash: Any = No
     """
     path = Path(path)
     check_policy(cfg)
-    _check_size(path, cfg)
-    try:
-        raw = path.read_bytes()  # bounded by _check_size; read once for the hash and the parser
-    except OSError as exc:
-        raise ImageRejected("unreadable", path, f"cannot read the file ({_exc_name(exc)})") from None
+    raw = _read_bytes(path, cfg)  # bounded by _check_file; read once for the hash and the parser
     if source_hash is not None:
         source_hash.update(raw)
     with _lenient_values():
@@ -294,26 +342,37 @@ def _read_frames(path: Path, cfg: Config, raw: bytes) -> list[DicomImage]:
     # One parse: the file size is bounded above, and nothing is decoded before the header checks pass.
     scanned = dicomscan.scan_elements(raw, _KEPT_TAGS)  # None: not the simple case, pydicom parses it
     # Each element converted once, however often it is read; a scanned file has no pydicom data set until needed.
-    h = Header(scanned if scanned is not None else _parse(path, stop_before_pixels=False, raw=raw))
-    image = _image_header(h, path, cfg)
-    if scanned is None and not any(k in h.ds for k in _PIXEL_KEYWORDS):  # a scanned file has pixel data
+    h = Header(scanned if scanned is not None else _parse(path, raw, cfg, stop_before_pixels=False))
+    pixel_bytes = _pixel_data_length(h, scanned)
+    image = _image_header(h, path, cfg, has_pixels=pixel_bytes is not None)
+    if not pixel_bytes:  # a scanned file has pixel data
+        what = "no Pixel Data element" if pixel_bytes is None else "an empty Pixel Data element"
         raise ImageRejected(
-            "no_pixel_data", path, "the header declares an image but the file has no pixel data (truncated?)"
+            "no_pixel_data",
+            path,
+            f"the header declares an image of {image.rows}x{image.cols} pixels but the file has {what}",
         )
     rows, cols, n_frames, photometric = image.rows, image.cols, image.frames, image.photometric
     colour = photometric not in _GREY
-    _check_native_length(h, path, image)
+    _check_native_length(h, path, image, pixel_bytes)
     stored = _native_pixels(h, image)
     if stored is None:
         # pydicom's decoders want pydicom's own parse of a scanned file (never expected: the scan takes only what
         # _native_pixels reads).
-        ds = h.ds if scanned is None else _parse(path, stop_before_pixels=False, raw=raw)
+        ds = h.ds if scanned is None else _parse(path, raw, cfg, stop_before_pixels=False)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 stored = ds.pixel_array
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's problem, not a bug of ours
-            raise ImageRejected("decode_error", path, f"pixel data could not be decoded: {_scrub(exc, ds)}") from None
+        except Exception:  # noqa: BLE001 - any decoder failure is this file's problem, not a bug of ours
+            syntax = h.transfer_syntax
+            name = getattr(syntax, "name", None) or str(syntax)
+            raise ImageRejected(
+                "decode_error",
+                path,
+                f"the {name} pixel data cannot be decoded (corrupt data, or a variant of the codec that pydicom's "
+                "decoders do not support)",
+            ) from None
         if n_frames == 1:
             stored = stored[np.newaxis]
     if stored.shape[:3] != (n_frames, rows, cols):
@@ -328,7 +387,12 @@ def _read_frames(path: Path, cfg: Config, raw: bytes) -> list[DicomImage]:
     for i in range(n_frames):
         # Colour values are display values already: no clinical window (the full stored range, see _colour_values).
         window = None if colour else windowing.choose(h, cfg, i)
-        linear = None if colour else windowing.rescale(h, i)
+        try:
+            linear = None if colour else windowing.rescale(h, i)
+        except windowing.InvalidValue as exc:
+            raise ImageRejected(
+                "bad_header", path, f"{exc.keyword} is not a finite number: the Modality LUT cannot be applied"
+            ) from None
         fused = windowing.fused(stored, linear, window)
         if fused is not None and window is not None:
             unit = windowing.window_stored(stored[i], *fused)
@@ -381,8 +445,11 @@ def _window_general(
             return windowing.apply(values, window, ds), window
     except ImageRejected:
         raise
-    except Exception as exc:  # noqa: BLE001 - a LUT that does not fit the data is this file's problem
-        raise ImageRejected("decode_error", path, f"frame {index} could not be converted: {_scrub(exc, ds)}") from None
+    except Exception:  # noqa: BLE001 - a LUT that does not fit the data is this file's problem
+        what = "palette colour table" if photometric == "PALETTE COLOR" else "Modality LUT or VOI LUT"
+        raise ImageRejected(
+            "bad_header", path, f"frame {index}: the header's {what} cannot be applied to the pixel data"
+        ) from None
 
 
 def _check_finite(values: np.ndarray, path: Path, index: int) -> None:
@@ -402,47 +469,6 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
     """ITU-R BT.601 luma of an RGB array whose last axis holds R, G, B: 0.299 R + 0.587 G + 0.114 B."""
     rgb = np.asarray(rgb, dtype=np.float64)
     return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-
-
-def read_mask(
-    path: str | os.PathLike[str], rows: int, cols: int, image_size: int, square: str = "pad", frames: int = 1
-) -> np.ndarray:
-    """Load a lesion mask image as uint8 {0, 1} of ``image_size``; it must be ``rows`` x ``cols`` like its DICOM.
-
-    For a multi-frame image (``frames`` > 1) the mask must be a multi-page image (e.g. TIFF) with one page per
-    frame; the result then has shape ``(frames, image_size, image_size)``.
-    """
-    path = Path(path)
-    pages = []
-    try:
-        with warnings.catch_warnings():
-            # A decompression bomb must fail, not warn: turn Pillow's size warning into an error.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                n_pages = int(getattr(img, "n_frames", 1))
-                if n_pages != frames:
-                    raise ImageRejected(
-                        "mask_size_mismatch",
-                        path,
-                        f"mask has {n_pages} page(s) but its image has {frames} frame(s)",
-                    )
-                for page in range(n_pages):
-                    img.seek(page)
-                    if img.size != (cols, rows):
-                        raise ImageRejected(
-                            "mask_size_mismatch",
-                            path,
-                            f"mask is {img.size[1]}x{img.size[0]} (rows x cols) but its image is {rows}x{cols}",
-                        )
-                    img.load()
-                    page_img = img if img.mode in ("1", "L", "I", "I;16", "F") else img.convert("L")
-                    pages.append(np.asarray(page_img) > 0)
-    except ImageRejected:
-        raise
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files
-        raise ImageRejected("mask_unreadable", path, f"cannot read the mask image ({_exc_name(exc)})") from None
-    out = [resize_square(p.astype(np.uint8), image_size, nearest=True, square=square) for p in pages]
-    return out[0] if frames == 1 else np.stack(out)
 
 
 def window_unit(values: np.ndarray, center: float, width: float) -> np.ndarray:
@@ -487,51 +513,89 @@ def resize_square(arr: np.ndarray, size: int, nearest: bool, square: str = "pad"
     return np.asarray(out, dtype=np.float32)
 
 
-def header_phi(ds: Dataset) -> list[str]:
-    """The non-empty values of the PHI header elements of ``ds`` (to redact them from any text we emit)."""
-    values = []
-    for keyword in PHI_TAGS:
-        value = ds.get(keyword)
-        if value is None:
-            continue
-        items = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
-        values.extend(str(v).strip() for v in items if str(v).strip())
-    return values
+def _parse(path: Path, raw: bytes, cfg: Config, stop_before_pixels: bool) -> Dataset:
+    """Parse ``raw`` (the bytes of ``path``) into a data set; ImageRejected if it is not a usable DICOM.
 
-
-def _parse(path: Path, stop_before_pixels: bool, raw: bytes | None = None) -> Dataset:
-    """Parse ``path`` (or ``raw``, its bytes already read) into a data set; ImageRejected if not a usable DICOM."""
-
-    def source() -> Path | io.BytesIO:
-        return path if raw is None else io.BytesIO(raw)
-
+    A deflated data set is inflated within ``ingest.max_decoded_bytes`` first (pydicom would inflate it whole);
+    a file without a transfer syntax gets the one pydicom detected; a file cut short is refused as truncated.
+    """
+    limit = cfg.ingest.max_decoded_bytes
+    try:
+        inflated = dicomdeflate.inflate(raw, cap=limit + _HEADER_ALLOWANCE, trailer=_HEADER_ALLOWANCE)
+    except dicomdeflate.InflateRefused as exc:
+        raise ImageRejected(exc.reason, path, exc.detail) from None
+    if inflated is not None:
+        raw = inflated
     try:
         with warnings.catch_warnings():
             # pydicom's value-validation warnings quote element values, which may be PHI: keep them out of logs.
             warnings.simplefilter("ignore")
             try:
-                ds = pydicom.dcmread(source(), stop_before_pixels=stop_before_pixels)
+                ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=stop_before_pixels)
             except InvalidDicomError:
-                pass
-            else:
-                # pydicom stops quietly at the end of a truncated file; an empty data set is the tell-tale.
-                if len(ds) == 0 or "TransferSyntaxUID" not in ds.file_meta:
-                    raise ImageRejected("unreadable", path, "DICOM file ends before its data set (truncated?)")
-                return ds
-            # Old files may lack the 128-byte preamble and 'DICM'; accept them only if they parse into an image.
-            ds = pydicom.dcmread(source(), stop_before_pixels=stop_before_pixels, force=True)
-            if "SOPClassUID" not in ds and "Rows" not in ds:
-                raise InvalidDicomError("no DICOM preamble and no image attributes")
-            return ds
-    except ImageRejected:
-        raise
+                # Old files may lack the 128-byte preamble and 'DICM'; accept them only if they parse into an image.
+                ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=stop_before_pixels, force=True)
+                if "SOPClassUID" not in ds and "Rows" not in ds:
+                    raise InvalidDicomError("no DICOM preamble and no image attributes") from None
     except InvalidDicomError:
         raise ImageRejected("not_dicom", path, "not a DICOM file (no 'DICM' preamble, no parsable header)") from None
-    except OSError as exc:
-        raise ImageRejected("unreadable", path, f"cannot read the file ({_exc_name(exc)})") from None
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt files
-        # The message is left out on purpose: a parser error may quote raw header bytes (PHI).
-        raise ImageRejected("unreadable", path, f"corrupt or truncated DICOM ({_exc_name(exc)})") from None
+    except Exception:  # noqa: BLE001 - pydicom raises many types on corrupt files
+        # The parser's message is left out on purpose: it may quote raw header bytes (PHI).
+        raise ImageRejected("corrupt", path, "the DICOM header is malformed and cannot be parsed") from None
+    if len(ds) == 0:
+        raise ImageRejected(
+            "truncated", path, "the file ends before its data set begins (cut short, or its File Meta is corrupt)"
+        )
+    if not stop_before_pixels:
+        _check_complete(ds, len(raw), path)
+    if "TransferSyntaxUID" not in ds.file_meta:
+        ds.file_meta.TransferSyntaxUID = _detected_syntax(ds, path)
+    return ds
+
+
+def _detected_syntax(ds: Dataset, path: Path) -> UID:
+    """The transfer syntax of a file without one in its File Meta: the encoding pydicom detected when parsing."""
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        raise ImageRejected("corrupt", path, "no transfer syntax and no encoding pydicom could detect")
+    if implicit:
+        return ImplicitVRLittleEndian
+    return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
+def _check_complete(ds: Dataset, n_bytes: int, path: Path) -> None:
+    """Refuse a file that pydicom read only in part: its last element is cut short, or the parse stopped early.
+
+    pydicom stops quietly at the end of a file: an element whose value is shorter than its length, an element
+    header cut in the middle, or a sequence / encapsulated pixel data without its delimiter (dropped with a
+    warning) all leave a data set that looks complete. The last element read must be whole and end the file.
+    """
+    tag = next(reversed(ds.keys()), None)
+    last = ds.get_item(tag) if tag is not None else None
+    if not isinstance(last, RawDataElement) or last.length == _UNDEFINED_LENGTH or last.value_tell is None:
+        return  # converted already, or of undefined length (read up to its delimiter): whole
+    have = len(last.value) if last.value is not None else last.length  # None: a deferred value
+    if have < last.length or last.value_tell + last.length < n_bytes:
+        raise ImageRejected(
+            "truncated",
+            path,
+            f"the file ends inside data element ({tag.group:04X},{tag.elem:04X}) or just after it: it was cut short "
+            "(an incomplete copy or transfer), or the element's length is corrupt",
+        )
+
+
+def _pixel_data_length(h: Header, scanned: dicomscan.Scanned | None) -> int | None:
+    """Bytes of the file's pixel data element (Pixel Data, or Float / Double Float Pixel Data); None if absent."""
+    if scanned is not None:
+        elem = scanned.elements.get(dicomscan.PIXEL_DATA_TAG)
+        return None if elem is None else len(elem.value)
+    for keyword in _PIXEL_KEYWORDS:
+        tag = pydicom.datadict.tag_for_keyword(keyword)
+        elem = h.ds.get_item(tag) if tag is not None else None
+        if elem is not None:
+            value = elem.value
+            return 0 if value is None else len(value)
+    return None
 
 
 def _pixel_spacing(h: Header) -> tuple[float, float] | None:
@@ -551,16 +615,9 @@ def _sop_class(ds: Dataset) -> str:
     return getattr(uid, "name", None) or str(uid or "unknown")
 
 
-def _exc_name(exc: BaseException) -> str:
-    return type(exc).__name__
-
-
-def _scrub(exc: BaseException, ds: Dataset) -> str:
-    """``Type: message`` of an exception, cut short and with any PHI value of ``ds`` redacted."""
-    text = f"{_exc_name(exc)}: {exc}"[:300]
-    for value in header_phi(ds):
-        text = text.replace(value, "<redacted>")
-    return text
+def _os_error(exc: OSError) -> str:
+    """What the operating system said, in words (never the exception's text, which quotes the path)."""
+    return os.strerror(exc.errno).lower() if exc.errno else "input/output error"
 
 
 def _colour_values(stored: np.ndarray, ds: Dataset, photometric: str) -> tuple[np.ndarray, float]:
@@ -611,8 +668,13 @@ def _native_pixels(h: Header, image: _ImageHeader) -> np.ndarray | None:
     return arr
 
 
-def _check_native_length(h: Header, path: Path, image: _ImageHeader) -> None:
-    """Uncompressed pixel data shorter than declared means a truncated file: say so instead of a decoder error."""
+def _check_native_length(h: Header, path: Path, image: _ImageHeader, have: int) -> None:
+    """Uncompressed pixel data (``have`` bytes) must be what the header declares, plus at most one pad byte.
+
+    A file cut short never gets here (:func:`_check_complete`): a length that differs means that Rows, Columns,
+    BitsAllocated, SamplesPerPixel or NumberOfFrames do not describe the data, and any picture made of it would be
+    wrong (shorter: the decoder fails; longer: the first bytes read as an image, often all black).
+    """
     syntax = h.transfer_syntax
     if syntax is None or syntax.is_compressed or "PixelData" not in h:
         return
@@ -620,10 +682,11 @@ def _check_native_length(h: Header, path: Path, image: _ImageHeader) -> None:
     # YBR_FULL_422 subsamples chroma 2:1 horizontally: Y Y Cb Cr per two pixels.
     samples = 2 if image.photometric == "YBR_FULL_422" else image.samples
     needed = math.ceil(rows * cols * frames * samples * image.bits / 8)
-    have = len(h.get("PixelData") or b"")
-    if have < needed:
-        raise ImageRejected(
-            "unreadable",
-            path,
-            f"pixel data is {have} bytes but {rows}x{cols}x{frames} frame(s) need {needed} (truncated file)",
-        )
+    if needed <= have <= needed + needed % 2:  # an odd length is padded to even with one byte
+        return
+    raise ImageRejected(
+        "pixel_length_mismatch",
+        path,
+        f"the pixel data is {have} bytes but {rows}x{cols} x {frames} frame(s) x {samples} sample(s) x "
+        f"{image.bits} bits need {needed}: the header does not describe the data",
+    )

@@ -32,6 +32,7 @@ IMPLICIT_LE = "1.2.840.10008.1.2"
 _UIDS = {EXPLICIT_LE: UID(EXPLICIT_LE), IMPLICIT_LE: UID(IMPLICIT_LE)}
 
 _PIXEL_DATA = 0x7FE00010
+PIXEL_DATA_TAG = BaseTag(_PIXEL_DATA)  # key of the pixel data in Scanned.elements
 _TRANSFER_SYNTAX = BaseTag(0x00020010)
 # Present in the file -> the general path: pydicom applies or decodes them, or they mark an image this path skips.
 _DECLINE = frozenset(

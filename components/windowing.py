@@ -28,6 +28,15 @@ from pydicom.pixels import apply_modality_lut, apply_voi
 from components.config import Config
 from components.dicomheader import Header
 
+
+class InvalidValue(ValueError):
+    """A header element that must be a number is not one (``keyword`` names it)."""
+
+    def __init__(self, keyword: str) -> None:
+        super().__init__(f"{keyword} is not a finite number")
+        self.keyword = keyword
+
+
 # Largest error in [0, 1] units the one-pass float32 window may make before the float64 path is used instead.
 FUSED_MAX_ERROR = 1e-6
 
@@ -83,17 +92,28 @@ def first_number(value: object) -> float | None:
 
 
 def rescale(ds: Header, frame: int) -> tuple[float, float] | None:
-    """The frame's linear Modality LUT ``(slope, intercept)``; None for a Modality LUT Sequence or unusable tags."""
+    """The frame's linear Modality LUT ``(slope, intercept)``; None for a Modality LUT Sequence.
+
+    Raises :class:`InvalidValue` when RescaleSlope or RescaleIntercept is present but not a finite number: no
+    fallback would give the modality units the header means.
+    """
     if ds.get("ModalityLUTSequence"):
         return None
     group = "PixelValueTransformationSequence"
-    slope, intercept = frame_value(ds, frame, group, "RescaleSlope"), frame_value(ds, frame, group, "RescaleIntercept")
+    numbers = []
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        try:
+            value = frame_value(ds, frame, group, keyword)
+        except (TypeError, ValueError):  # pydicom could not convert the text
+            raise InvalidValue(keyword) from None
+        number = first_number(value)
+        if value is not None and (number is None or not math.isfinite(number)):
+            raise InvalidValue(keyword)
+        numbers.append(number)
+    slope, intercept = numbers
     if slope is None or intercept is None:
-        return 1.0, 0.0
-    slope_value, intercept_value = first_number(slope), first_number(intercept)
-    if slope_value is None or intercept_value is None:
-        return None  # pydicom's general Modality LUT says what it makes of these tags
-    return slope_value, intercept_value
+        return 1.0, 0.0  # as in pydicom, slope and intercept apply only as a pair
+    return slope, intercept
 
 
 def choose(ds: Header, cfg: Config, frame: int) -> Window:

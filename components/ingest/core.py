@@ -31,6 +31,7 @@ from components.dicomio import INTERPOLATION, check_policy
 from components.dicomio import REASONS as DECODE_REASONS
 from components.errors import DataError, MedganError
 from components.ingest.decode import _decode, _decode_chunk, _file_sha256, _init_worker, _Outcome, _ready, _Task
+from components.ingest.masks import REASONS as MASK_REASONS
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ INGEST_REASONS: dict[str, str] = {
     "patient_missing": "no patient_id in labels.csv and no PatientID in the header",
     "duplicate": "the same normalised image and mask as an earlier row",
 }
-REASONS: dict[str, str] = {**INGEST_REASONS, **DECODE_REASONS}
+REASONS: dict[str, str] = {**INGEST_REASONS, **DECODE_REASONS, **MASK_REASONS}
 
 PATIENT_HASH_CHARS = 16
 # Files per pool task: one hand-over (pickling, queues) per chunk rather than per file.

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from components.config import Config
-from components.dicomio import ImageRejected, read_frames, read_mask
+from components.dicomio import ImageRejected, read_frames
+from components.ingest.masks import read_mask
 from components.samples import content_hash, sample_stats
 
 
@@ -57,12 +58,25 @@ def _decode(task: _Task, cfg: Config) -> list[_Outcome]:
         frames = read_frames(task.path, cfg, source_hash=source_hash)  # the file is read once for both
     except ImageRejected as exc:
         return [_Outcome(reason=exc.reason, detail=exc.detail)]
+    except Exception as exc:  # noqa: BLE001 - one unforeseen file must not end an ingest of thousands
+        # Only the type: an exception's text may quote header bytes (PHI).
+        detail = f"unexpected {type(exc).__name__} while reading the file (a bug: please report it)"
+        return [_Outcome(reason="internal_error", detail=detail)]
     first, size = frames[0], cfg.data.image_size
     if task.mask_path is None:
         masks = [np.zeros((size, size), dtype=np.uint8)] * len(frames)
     else:
         try:
-            got = read_mask(task.mask_path, first.rows, first.cols, size, cfg.ingest.square, len(frames))
+            got = read_mask(
+                task.mask_path,
+                first.rows,
+                first.cols,
+                size,
+                square=cfg.ingest.square,
+                frames=len(frames),
+                label_maps=cfg.ingest.label_maps,
+                max_bytes=cfg.ingest.max_decoded_bytes,
+            )
         except ImageRejected as exc:
             return [_Outcome(reason=exc.reason, detail=exc.detail, on_mask=True)]
         masks = [got] if len(frames) == 1 else list(got)

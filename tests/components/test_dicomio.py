@@ -4,8 +4,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -13,13 +14,13 @@ from components import windowing
 from components.config import resolve
 from components.dicomheader import Header
 from components.dicomio import (
+    REASONS,
     ImageRejected,
     _image_header,
     _native_pixels,
     read_dicom,
     read_frames,
     read_header,
-    read_mask,
     resize_square,
     window_unit,
 )
@@ -212,15 +213,98 @@ def missing_rows(tmp_path):
     return tmp_path / "nr.dcm"
 
 
+def empty_file(tmp_path):
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    return tmp_path / "empty.dcm"
+
+
+def folder(tmp_path):
+    (tmp_path / "series.dcm").mkdir()
+    return tmp_path / "series.dcm"
+
+
+def cut_in_pixels(tmp_path):
+    data = write_dicom(tmp_path / "t.dcm").read_bytes()
+    (tmp_path / "t.dcm").write_bytes(data[:-20])  # the Pixel Data element's value is cut short
+    return tmp_path / "t.dcm"
+
+
+def cut_in_element_header(tmp_path):
+    data = write_dicom(tmp_path / "t.dcm").read_bytes()
+    start = data.index(bytes.fromhex("e07f1000"))  # the Pixel Data element's tag
+    (tmp_path / "t.dcm").write_bytes(data[: start + 5])
+    return tmp_path / "t.dcm"
+
+
+def cut_in_encapsulated_pixels(tmp_path):
+    data = (PYDICOM_FILES / "JPEG2000.dcm").read_bytes()  # undefined-length pixel data: no delimiter, no image
+    (tmp_path / "t.dcm").write_bytes(data[: len(data) - 100])
+    return tmp_path / "t.dcm"
+
+
+def long_pixels(tmp_path):
+    """The header says 8x8, the data holds 3 such images: the header does not describe the data."""
+    ds = pydicom.dcmread(write_dicom(tmp_path / "long.dcm"))
+    ds.PixelData = ds.PixelData * 3
+    ds.save_as(tmp_path / "long.dcm")
+    return tmp_path / "long.dcm"
+
+
+def empty_pixel_element(tmp_path):
+    ds = pydicom.dcmread(write_dicom(tmp_path / "e.dcm"))
+    ds.PixelData = b""
+    ds.save_as(tmp_path / "e.dcm")
+    return tmp_path / "e.dcm"
+
+
+def patch(path, old, new):
+    """Replace ``old`` by ``new`` (same length) in the file's bytes: values pydicom would refuse to write."""
+    data = path.read_bytes()
+    assert data.count(old) == 1 and len(old) == len(new)
+    path.write_bytes(data.replace(old, new))
+    return path
+
+
+def text_slope(tmp_path):
+    return patch(write_dicom(tmp_path / "s.dcm", slope=1.25), b"1.25", b"abcd")
+
+
+def text_frames(tmp_path):
+    return patch(write_dicom(tmp_path / "f.dcm", NumberOfFrames=10), b"IS\x02\x0010", b"IS\x02\x00X1")
+
+
+def malformed_sequence(tmp_path):
+    data = write_dicom(tmp_path / "m.dcm").read_bytes()
+    at = data.index(bytes.fromhex("08006000"))  # before Modality: an undefined-length sequence of garbage
+    garbage = bytes.fromhex("08001511") + b"SQ" + bytes(2) + b"\xff" * 4 + bytes(range(1, 41))
+    (tmp_path / "m.dcm").write_bytes(data[:at] + garbage + data[at:])
+    return tmp_path / "m.dcm"
+
+
+def zero_columns(tmp_path):
+    return write_dicom(tmp_path / "z.dcm", pixels=False, Columns=0, PixelData=b"\0\0")
+
+
 REJECT_CASES = [
     (text_file, "not_dicom", []),
-    (truncated, "unreadable", []),
+    (empty_file, "empty_file", []),
+    (folder, "not_a_file", []),
+    (truncated, "truncated", []),
+    (malformed_sequence, "corrupt", []),
+    (cut_in_pixels, "truncated", []),
+    (cut_in_element_header, "truncated", []),
+    (cut_in_encapsulated_pixels, "truncated", []),
     (no_pixels, "no_pixel_data", []),
+    (empty_pixel_element, "no_pixel_data", []),
     (no_image_at_all, "no_pixel_data", []),
     (missing_rows, "bad_header", []),
+    (text_slope, "bad_header", []),
+    (text_frames, "bad_header", []),
+    (zero_columns, "bad_header", []),
     (rgb, "unsupported_photometric", ["ingest.rgb=reject"]),
     (multiframe, "multiframe", ["ingest.multiframe=reject"]),
-    (short_pixels, "unreadable", []),
+    (short_pixels, "pixel_length_mismatch", []),
+    (long_pixels, "pixel_length_mismatch", []),
 ]
 
 
@@ -229,9 +313,66 @@ def test_rejections_carry_a_reason_code(tmp_path, make, reason, policy):
     path = make(tmp_path)
     with pytest.raises(ImageRejected) as info:
         read_dicom(path, resolve("tiny", [f"data.image_size={SIZE}", *policy]))
-    assert info.value.reason == reason
+    assert info.value.reason == reason and reason in REASONS
     assert str(info.value).startswith(f"{path}: ") and info.value.detail
     assert "MRN-TEST-0001" not in str(info.value)
+    assert "Error" not in info.value.detail  # our words, never an exception's text or type
+
+
+def test_rejection_messages_say_what_is_wrong(tmp_path):
+    def detail(make):
+        with pytest.raises(ImageRejected) as info:
+            read_dicom(make(tmp_path), cfg())
+        return info.value.detail
+
+    assert detail(text_slope) == "RescaleSlope is not a finite number: the Modality LUT cannot be applied"
+    assert detail(text_frames) == "NumberOfFrames is not a valid integer"
+    assert detail(long_pixels) == (
+        "the pixel data is 384 bytes but 8x8 x 1 frame(s) x 1 sample(s) x 16 bits need 128: the header does not "
+        "describe the data"
+    )
+    assert detail(empty_pixel_element).endswith("has an empty Pixel Data element")
+    assert detail(folder) == "a folder, where labels.csv names a file"
+
+
+def test_one_pad_byte_after_odd_length_pixel_data_is_legal(tmp_path):
+    stored = np.arange(9, dtype=np.uint8).reshape(3, 3) * 20
+    path = write_dicom(
+        tmp_path / "odd.dcm",
+        pixels=False,
+        stored=stored,
+        BitsAllocated=8,
+        BitsStored=8,
+        HighBit=7,
+        PixelData=stored.tobytes() + b"\0",
+    )
+    assert read_dicom(path, cfg()).rows == 3
+    ds = pydicom.dcmread(path)
+    ds.PixelData = stored.tobytes() + b"\0\0\0"
+    ds.save_as(path)
+    with pytest.raises(ImageRejected) as info:
+        read_dicom(path, cfg())
+    assert info.value.reason == "pixel_length_mismatch"
+
+
+def old_exporter_file(path, implicit=True, little=True):
+    """The data set of a valid file without preamble and File Meta, as old exporters wrote them."""
+    ds = pydicom.dcmread(write_dicom(path, center=40.0, width=400.0))
+    if not little:  # OW bytes are written as they are: swap them for a big-endian data set
+        ds.PixelData = np.frombuffer(ds.PixelData, "<u2").astype(">u2").tobytes()
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = implicit, little
+    write_dataset(fp, ds)
+    path.write_bytes(fp.getvalue())
+    return path
+
+
+@pytest.mark.parametrize(("implicit", "little"), [(True, True), (False, True), (False, False)])
+def test_file_without_preamble_and_meta_gets_the_transfer_syntax_pydicom_detected(tmp_path, implicit, little):
+    reference = read_dicom(write_dicom(tmp_path / "ref.dcm", center=40.0, width=400.0), cfg())
+    path = old_exporter_file(tmp_path / "old.dcm", implicit, little)
+    assert path.read_bytes()[128:132] != b"DICM"
+    np.testing.assert_array_equal(read_dicom(path, cfg()).image, reference.image)
 
 
 def test_rejection_survives_pickling():
@@ -251,36 +392,6 @@ def test_shrinking_is_antialiased():
     checker = (np.indices((64, 64)).sum(0) % 2).astype(np.float32)
     small = resize_square(checker, 16, nearest=False)
     assert small.shape == (16, 16) and np.allclose(small, 0.5, atol=0.05)  # aliasing would give 0s or 1s
-
-
-def test_mask_is_binarised_and_resized_nearest(tmp_path):
-    mask = np.zeros((64, 64), np.uint8)
-    mask[8:40, 16:48] = 255
-    mask[51, 51] = 7  # any non-zero value is lesion (and this one falls between the nearest samples)
-    Image.fromarray(mask).save(tmp_path / "m.png")
-    got = read_mask(tmp_path / "m.png", 64, 64, 16)
-    assert got.dtype == np.uint8 and got.shape == (16, 16) and set(np.unique(got)) == {0, 1}
-    assert got[2:10, 4:12].all() and got.sum() == 64
-
-
-@pytest.mark.parametrize("mode", ["1", "L", "RGB", "I;16"])
-def test_mask_modes(tmp_path, mode):
-    Image.fromarray(np.eye(8, dtype=np.uint8) * 255).convert(mode).save(tmp_path / "m.png")
-    np.testing.assert_array_equal(read_mask(tmp_path / "m.png", 8, 8, 8), np.eye(8, dtype=np.uint8))
-
-
-def test_mask_size_mismatch_is_checked_before_resizing(tmp_path):
-    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "m.png")
-    with pytest.raises(ImageRejected) as info:
-        read_mask(tmp_path / "m.png", 64, 64, 32)
-    assert info.value.reason == "mask_size_mismatch" and "32x32" in str(info.value)
-
-
-def test_unreadable_mask(tmp_path):
-    (tmp_path / "m.png").write_bytes(b"not a png")
-    with pytest.raises(ImageRejected) as info:
-        read_mask(tmp_path / "m.png", 8, 8, 8)
-    assert info.value.reason == "mask_unreadable"
 
 
 # --- colour, multi-frame, squaring policies -------------------------------------------------------------------
@@ -355,25 +466,7 @@ def test_square_crop_keeps_the_centre(tmp_path):
     assert crop.pixel_spacing == pad.pixel_spacing == (0.7, 0.8)
 
 
-def test_mask_follows_the_square_policy(tmp_path):
-    mask = np.zeros((4, 8), np.uint8)
-    mask[:, 3:5] = 255
-    Image.fromarray(mask).save(tmp_path / "m.png")
-    np.testing.assert_array_equal(read_mask(tmp_path / "m.png", 4, 8, 4, square="crop"), (mask[:, 2:6] > 0) * 1)
-    assert read_mask(tmp_path / "m.png", 4, 8, 8, square="pad")[:2].sum() == 0
-
-
-def test_multipage_mask_for_multiframe(tmp_path):
-    pages = [Image.fromarray(np.eye(8, dtype=np.uint8) * 255), Image.fromarray(np.zeros((8, 8), np.uint8))]
-    pages[0].save(tmp_path / "m.tif", save_all=True, append_images=pages[1:])
-    got = read_mask(tmp_path / "m.tif", 8, 8, 8, frames=2)
-    assert got.shape == (2, 8, 8) and got[0].sum() == 8 and got[1].sum() == 0
-    with pytest.raises(ImageRejected) as info:
-        read_mask(tmp_path / "m.tif", 8, 8, 8, frames=3)
-    assert info.value.reason == "mask_size_mismatch" and "2 page(s)" in info.value.detail
-
-
-@pytest.mark.parametrize("key", ["square", "multiframe", "rgb"])
+@pytest.mark.parametrize("key", ["square", "multiframe", "rgb", "label_maps"])
 def test_unknown_policy_is_a_config_error(tmp_path, key):
     with pytest.raises(ConfigError, match=f"ingest.{key}"):
         read_dicom(write_dicom(tmp_path / "a.dcm"), resolve("tiny", [f"ingest.{key}=maybe"]))
@@ -397,7 +490,6 @@ def bundled(name):
         "MR_small_implicit.dcm",
         "MR_small_jp2klossless.dcm",
         "MR_small_jpeg_ls_lossless.dcm",
-        "MR_small_padded.dcm",
     ],
 )
 def test_mr_small_transfer_syntaxes_decode_identically(name):
@@ -429,6 +521,13 @@ def test_bundled_matches_pydicom_after_modality_lut(name):
 )
 def test_colour_codecs_agree_on_luminance(name, atol):
     np.testing.assert_allclose(bundled(name), bundled("SC_rgb_rle.dcm"), atol=atol + 1e-6)
+
+
+def test_pixel_data_with_excess_padding_is_a_length_mismatch():
+    """pydicom strips the 128 bytes after MR_small_padded's pixels; the header does not describe them: refused."""
+    with pytest.raises(ImageRejected) as info:
+        bundled("MR_small_padded.dcm")
+    assert info.value.reason == "pixel_length_mismatch" and "8320 bytes" in info.value.detail
 
 
 def test_bundled_multiframe_first_frame_matches_its_single_frame_copy():
