@@ -7,7 +7,6 @@ are replaced by salted hashes and no PHI header value is written anywhere.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import itertools
 import logging
@@ -31,23 +30,25 @@ from components.dicomio import INTERPOLATION, check_policy
 from components.dicomio import REASONS as DECODE_REASONS
 from components.errors import DataError, MedganError
 from components.ingest.decode import _decode, _decode_chunk, _file_sha256, _init_worker, _Outcome, _ready, _Task
+from components.ingest.labels import LabelsIndex, index_labels, iter_labels, unlisted_files
 from components.ingest.masks import REASONS as MASK_REASONS
 
 log = logging.getLogger(__name__)
 
-REQUIRED_COLUMNS = ("file", "label")
-OPTIONAL_COLUMNS = ("patient_id", "mask_file")
-
-# Reasons decided here, from labels.csv and the decoded arrays; decoding reasons come from components.dicomio.
+# Reasons decided here, from labels.csv and the decoded arrays; decoding reasons come from components.dicomio, mask
+# reasons from components.ingest.masks. Codes are stable: quarantine.csv and the README's table use them.
 INGEST_REASONS: dict[str, str] = {
     "path_escape": "the file or mask path leads outside the data folder ('..', absolute path or symlink); not read",
-    "file_missing": "the file or mask named in labels.csv does not exist",
-    "unknown_class": "the label is not one of data.classes",
+    "file_missing": "the file or mask named in labels.csv does not exist, or the file field is empty",
+    "label_empty": "the row's label field is empty",
+    "label_conflict": "the same file is listed more than once with different labels: every such row is refused",
+    "unknown_class": "the label is not one of data.classes (counted per label in the summary)",
     "mask_missing": "a lesion-class row without a mask_file",
     "mask_empty": "a lesion-class row whose mask has no lesion pixel at the configured image size",
     "mask_conflict": "a non-lesion row whose mask marks lesion pixels",
     "patient_missing": "no patient_id in labels.csv and no PatientID in the header",
     "duplicate": "the same normalised image and mask as an earlier row",
+    "internal_error": "an unexpected error while reading the file: a bug, please report it (the run goes on)",
 }
 REASONS: dict[str, str] = {**INGEST_REASONS, **DECODE_REASONS, **MASK_REASONS}
 
@@ -91,17 +92,21 @@ def ingest(
     environment variable named by ``cfg.ingest.salt_env``.
 
     Returns a summary: ``archive``, ``n_rows``, ``n_ok``, ``n_quarantined``, ``quarantined_by_reason``,
-    ``counts`` (per class) and ``n_patients``. Raises :class:`DataError` for a missing folder or a bad
-    labels.csv, a missing salt, and when more than ``cfg.ingest.max_quarantine_fraction`` of the rows are
-    quarantined; then nothing is written at ``out_dir``.
+    ``counts`` (per class) and ``n_patients``, plus what a user should look at: ``unknown_classes`` (rows per
+    label that is not in ``data.classes``), ``label_conflicts`` (files listed with different labels),
+    ``n_unlisted`` / ``unlisted`` (files in the folder that no row names: not ingested) and ``warnings`` (each of
+    these in words, also logged). Raises :class:`DataError` for a missing folder or a bad labels.csv, a missing
+    salt, and when more than ``cfg.ingest.max_quarantine_fraction`` of the rows are quarantined; then nothing is
+    written at ``out_dir``.
     """
     data = _data_folder(data_dir)
     labels_path = data / "labels.csv"
-    n_rows = count_labels(labels_path)  # checks the header; rows are then streamed, not held
+    index = index_labels(labels_path)  # checks the header; rows are then streamed, not held
+    n_rows = index.n_rows
     salt_value = _salt(salt, cfg)
     check_policy(cfg)
-    paths = _Paths(data)
-    planned = (_plan(i + 1, record, paths, cfg) for i, record in enumerate(iter_labels(labels_path)))
+    planner = _Planner(_Paths(data), index, cfg)
+    planned = (planner.plan(i + 1, record) for i, record in enumerate(iter_labels(labels_path)))
     accepted = _Accepted(cfg, salt_value)
     out = Path(out_dir)
     with (
@@ -122,6 +127,10 @@ def ingest(
         n_bad = len(writer.quarantine)
         n_units = len(writer) + n_bad  # samples (frames) admitted plus entries quarantined
         by_reason = dict(sorted(Counter(q["reason"] for q in writer.quarantine).items()))
+        n_unlisted, unlisted = unlisted_files(data, index)
+        notes = _notes(planner, index, n_unlisted, unlisted, cfg)
+        for note in notes["warnings"]:
+            log.warning("ingest: %s", note)
         _check_quarantine(labels_path, n_units, n_bad, by_reason, writer.quarantine, cfg)
         meta = {
             "classes": accepted.classes,
@@ -142,6 +151,8 @@ def ingest(
             "square": cfg.ingest.square,
             "multiframe": cfg.ingest.multiframe,
             "rgb": cfg.ingest.rgb,
+            "label_maps": cfg.ingest.label_maps,
+            **notes,
         }
         path = writer.commit(meta)
     summary = {
@@ -152,54 +163,12 @@ def ingest(
         "quarantined_by_reason": by_reason,
         "counts": dict(accepted.counts),
         "n_patients": len(accepted.patients),
+        **notes,
     }
     log.info(
         "ingest: %d of %d files accepted, %d quarantined %s -> %s", summary["n_ok"], n_rows, n_bad, by_reason, path
     )
     return summary
-
-
-def count_labels(path: Path) -> int:
-    """The number of rows of ``labels.csv`` (blank lines are not rows); DataError if it is unusable or empty."""
-    n = sum(1 for _ in iter_labels(path))
-    if n == 0:
-        raise DataError(f"{path} has a header but no rows: add one row per image (file,label,...)")
-    return n
-
-
-def iter_labels(path: Path) -> Iterator[dict[str, str]]:
-    """Stream the rows of ``labels.csv`` as dicts with stripped values (``""`` for missing cells).
-
-    The header is checked before the first row; a file that is not UTF-8 CSV is a DataError wherever it breaks.
-    """
-    if not path.is_file():
-        raise DataError(
-            f"{path} not found: the data folder needs a labels.csv with columns file,label "
-            "(optional: patient_id, mask_file)"
-        )
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = [h.strip().lower() for h in reader.fieldnames or []]
-            if not header:
-                raise DataError(
-                    f"{path} is empty: it needs a header line (file,label[,patient_id,mask_file]) and one row per image"
-                )
-            missing = [c for c in REQUIRED_COLUMNS if c not in header]
-            if missing:
-                raise DataError(
-                    f"{path} lacks required column(s) {', '.join(missing)}; found columns: "
-                    f"{', '.join(header)} (expected file,label[,patient_id,mask_file])"
-                )
-            reader.fieldnames = header
-            for record in reader:
-                row = {k: (v or "").strip() for k, v in record.items() if k is not None}
-                if any(row.values()):  # blank lines are not rows
-                    yield row
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except csv.Error as exc:
-        raise DataError(f"{path} is not a valid CSV file: {exc}") from None
 
 
 def hash_patient(salt: str, patient_id: str) -> str:
@@ -253,60 +222,140 @@ class _Paths:
         self.data = data
         self.dirs: dict[str, Path | None] = {}
 
-    def file(self, rel: str) -> tuple[Path | None, bool]:
-        """``(path, is a regular file)`` for ``rel``; path None when it leads outside the data folder."""
+    def file(self, rel: str) -> tuple[Path | None, str]:
+        """``(path, kind)`` for ``rel``: kind ``file``, ``missing`` or ``other`` (a folder, a device, ...).
+
+        The path is None when it leads outside the data folder.
+        """
         head, name = os.path.split(rel)
         if not name or name in (".", "..") or os.path.isabs(rel) or "\0" in rel:
-            path = _inside(self.data, rel)
-            return path, path is not None and path.is_file()
+            return self._resolved(rel)
         if head not in self.dirs:
             if len(self.dirs) >= self._MAX_DIRS:
                 self.dirs.clear()
             self.dirs[head] = _inside(self.data, head) if head else self.data
         folder = self.dirs[head]
         if folder is None:
-            return None, False
+            return None, "missing"
         path = folder / name
         try:
             mode = path.lstat().st_mode
         except (OSError, ValueError):
-            return path, False
+            return path, "missing"
         if stat.S_ISLNK(mode):
-            path = _inside(self.data, rel)
-            return path, path is not None and path.is_file()
-        return path, stat.S_ISREG(mode)
+            return self._resolved(rel)
+        return path, _kind(mode)
+
+    def _resolved(self, rel: str) -> tuple[Path | None, str]:
+        path = _inside(self.data, rel)
+        if path is None:
+            return None, "missing"
+        try:
+            return path, _kind(path.stat().st_mode)
+        except (OSError, ValueError):
+            return path, "missing"
 
 
-def _plan(number: int, record: dict[str, str], paths: _Paths, cfg: Config) -> _Row:
-    """The checks that need no decoding: paths, existence, class, mask presence."""
-    rel, label = record.get("file", ""), record.get("label", "")
-    mask_rel = record.get("mask_file", "")
-    row = _Row(number, rel or f"<labels.csv row {number}>", label, record.get("patient_id", ""))
+def _kind(mode: int) -> str:
+    return "file" if stat.S_ISREG(mode) else "other"
 
-    def reject(reason: str, message: str) -> _Row:
-        row.reason, row.message = reason, f"{row.rel}: {message}"
+
+def _what(path: Path) -> str:
+    """How to call a path that is not a regular file."""
+    return "a folder" if path.is_dir() else "not a regular file"
+
+
+class _Planner:
+    """The checks of each labels.csv row that need no decoding (paths, existence, label, mask presence).
+
+    Rows are planned one at a time as decoding goes; the planner counts the labels that are not configured classes
+    and the files whose labels conflict, for the summary.
+    """
+
+    def __init__(self, paths: _Paths, index: LabelsIndex, cfg: Config) -> None:
+        self.paths, self.index, self.cfg = paths, index, cfg
+        self.unknown: Counter[str] = Counter()
+
+    def plan(self, number: int, record: dict[str, str]) -> _Row:
+        """The row ``number`` (1-based) of labels.csv: with a decoding task, or rejected with a reason."""
+        cfg, paths = self.cfg, self.paths
+        rel, label = record.get("file", ""), record.get("label", "")
+        mask_rel = record.get("mask_file", "")
+        row = _Row(number, rel or f"<labels.csv row {number}>", label, record.get("patient_id", ""))
+
+        def reject(reason: str, message: str) -> _Row:
+            row.reason, row.message = reason, f"{row.rel}: {message}"
+            return row
+
+        if not rel:
+            return reject("file_missing", f"labels.csv row {number} has an empty file field")
+        path, kind = paths.file(rel)
+        if path is None:
+            return reject(
+                "path_escape", "path leads outside the data folder ('..', absolute path or symlink); not read"
+            )
+        if kind == "missing":
+            return reject("file_missing", "file not found in the data folder")
+        if kind == "other":
+            return reject("not_a_file", f"{_what(path)}, where labels.csv names a file")
+        if not label:
+            return reject("label_empty", f"labels.csv row {number} has an empty label field")
+        conflicting = self.index.conflicting_labels(rel)
+        if conflicting:
+            return reject(
+                "label_conflict",
+                f"listed in labels.csv more than once with different labels ({', '.join(conflicting)}); which one is "
+                "right cannot be told, so none is used: keep one row per file",
+            )
+        if label not in cfg.data.classes:
+            self.unknown[label] += 1
+            return reject(
+                "unknown_class", f"class {label!r} is not one of data.classes ({', '.join(cfg.data.classes)})"
+            )
+        mask_path = None
+        if mask_rel:
+            mask_path, mask_kind = paths.file(mask_rel)
+            if mask_path is None:
+                return reject("path_escape", f"mask {mask_rel} leads outside the data folder; not read")
+            if mask_kind == "missing":
+                return reject("file_missing", f"mask file {mask_rel} not found in the data folder")
+            if mask_kind == "other":
+                return reject("not_a_file", f"mask {mask_rel} is {_what(mask_path)}, not a file")
+        elif label in cfg.data.lesion_classes:
+            return reject("mask_missing", f"class {label!r} is a lesion class but the row has no mask_file")
+        row.task = _Task(rel, str(path), mask_rel, str(mask_path) if mask_path else None)
         return row
 
-    if not rel:
-        return reject("file_missing", f"labels.csv row {number} has an empty file field")
-    path, exists = paths.file(rel)
-    if path is None:
-        return reject("path_escape", "path leads outside the data folder ('..', absolute path or symlink); not read")
-    if not exists:
-        return reject("file_missing", "file not found in the data folder")
-    if label not in cfg.data.classes:
-        return reject("unknown_class", f"class {label!r} is not one of data.classes ({', '.join(cfg.data.classes)})")
-    mask_path = None
-    if mask_rel:
-        mask_path, mask_exists = paths.file(mask_rel)
-        if mask_path is None:
-            return reject("path_escape", f"mask {mask_rel} leads outside the data folder; not read")
-        if not mask_exists:
-            return reject("file_missing", f"mask file {mask_rel} not found in the data folder")
-    elif label in cfg.data.lesion_classes:
-        return reject("mask_missing", f"class {label!r} is a lesion class but the row has no mask_file")
-    row.task = _Task(rel, str(path), mask_rel, str(mask_path) if mask_path else None)
-    return row
+
+def _notes(planner: _Planner, index: LabelsIndex, n_unlisted: int, unlisted: list[str], cfg: Config) -> dict[str, Any]:
+    """The summary's entries about labels.csv and the folder that a user should read, with warnings in words."""
+    warnings = []
+    unknown = dict(sorted(planner.unknown.items()))
+    if unknown:
+        listed = ", ".join(f"{label!r} ({n} row{'s' * (n > 1)})" for label, n in unknown.items())
+        warnings.append(
+            f"{sum(unknown.values())} row(s) have a class that is not in data.classes and were quarantined: {listed}; "
+            f"configured: {', '.join(cfg.data.classes)}. Add the class to data.classes (and data.lesion_classes if "
+            "it has lesion masks) or fix the label"
+        )
+    if index.conflicts:
+        warnings.append(
+            f"{len(index.conflicts)} file(s) are listed in labels.csv with different labels; all their rows were "
+            "quarantined as label_conflict (see quarantine.csv)"
+        )
+    if n_unlisted:
+        more = f" and {n_unlisted - len(unlisted)} more" if n_unlisted > len(unlisted) else ""
+        warnings.append(
+            f"{n_unlisted} file(s) in the data folder are not named in labels.csv and were not ingested: "
+            f"{', '.join(unlisted)}{more}"
+        )
+    return {
+        "unknown_classes": unknown,
+        "label_conflicts": len(index.conflicts),
+        "n_unlisted": n_unlisted,
+        "unlisted": unlisted,
+        "warnings": warnings,
+    }
 
 
 class _Accepted:

@@ -1,9 +1,11 @@
 import csv
 import json
 import os
+import re
 import shutil
 import time
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -275,6 +277,51 @@ def test_bad_row_is_quarantined_with_its_reason(data, cfg, tmp_path, monkeypatch
         assert opened and str(tmp_path / "outside.dcm") not in opened and not any("link" in p for p in opened)
 
 
+def test_unexpected_error_on_one_file_is_quarantined_not_fatal(data, cfg, tmp_path, monkeypatch):
+    bad = first(data, "normal")["file"]
+    real_read = decode.read_frames
+
+    def buggy(path, c, **kw):
+        if str(path).endswith(bad):
+            raise ZeroDivisionError("MRN-SECRET in a message that must not be kept")
+        return real_read(path, c, **kw)
+
+    monkeypatch.setattr(decode, "read_frames", buggy)
+    summary = ingest(data, tmp_path / "archive", cfg, salt=SALT)
+    assert summary["quarantined_by_reason"] == {"internal_error": 1} and summary["n_ok"] == 23
+    quarantine = (tmp_path / "archive" / "quarantine.csv").read_text()
+    assert "unexpected ZeroDivisionError" in quarantine and "MRN-SECRET" not in quarantine
+
+
+def test_label_maps_are_binarised_on_request(data, tmp_path):
+    row = first(data, "benign")
+    labels = (np.asarray(Image.open(data / row["mask_file"])) > 0).astype(np.uint8)
+    labels[:4, :4] = 2  # an organ label next to the lesion
+    Image.fromarray(labels).save(data / "labelmap.png")
+    shutil.copy(data / row["file"], data / "x.dcm")
+    append(data, file="x.dcm", label="benign", mask_file="labelmap.png")
+    refused = ingest(data, tmp_path / "a", resolve("tiny"), salt=SALT)
+    assert refused["quarantined_by_reason"] == {"mask_label_map": 1}
+    binarised = ingest(data, tmp_path / "b", resolve("tiny", ["ingest.label_maps=binarise"]), salt=SALT)
+    assert binarised["n_ok"] == 25 and binarised["quarantined_by_reason"] == {}
+    assert open_archive(binarised["archive"]).meta["label_maps"] == "binarise"
+
+
+def test_summary_warns_about_unknown_classes_and_unlisted_files(data, cfg, tmp_path, caplog):
+    unknown_class(data, tmp_path)
+    (data / "dicom" / "stray.dcm").write_bytes(b"left over")
+    (data / ".dvc-cache").mkdir()
+    (data / ".dvc-cache" / "hidden").write_text("not counted")
+    summary = ingest(data, tmp_path / "archive", cfg, salt=SALT)
+    assert summary["unknown_classes"] == {"cyst": 1} and summary["label_conflicts"] == 0
+    assert summary["n_unlisted"] == 1 and summary["unlisted"] == ["dicom/stray.dcm"]
+    assert len(summary["warnings"]) == 2
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("'cyst' (1 row)" in m and "data.classes" in m for m in logged)
+    assert any("dicom/stray.dcm" in m and "not ingested" in m for m in logged)
+    assert open_archive(summary["archive"]).meta["unknown_classes"] == {"cyst": 1}
+
+
 def test_too_many_bad_rows_fail_without_leaving_an_archive(data, cfg, tmp_path):
     rows = labels(data)
     rows += [{"file": f"dicom/gone{i}.dcm", "label": "normal"} for i in range(6)]
@@ -310,6 +357,12 @@ def labels_header_only(root):
 
 def labels_without_label(root):
     (root / "labels.csv").write_text("file,class\ndicom/a.dcm,normal\n")
+
+
+def test_readme_documents_every_reason_code():
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    documented = re.findall(r"^\| `([a-z_]+)` \|", readme, flags=re.MULTILINE)
+    assert sorted(documented) == sorted(REASONS) and len(documented) == len(set(documented))
 
 
 LABELS_CASES = [
@@ -384,11 +437,11 @@ def test_paths_resolve_each_folder_once_and_follow_links_inside(data, tmp_path):
     (root / "alias.dcm").symlink_to(some)  # a link that stays inside is fine
     (root / "series").symlink_to(some.parent, target_is_directory=True)
     paths = core._Paths(root)
-    assert paths.file("alias.dcm") == (some, True)
-    assert paths.file(f"series/{some.name}") == (some, True)
-    assert paths.file(some.relative_to(root).as_posix()) == (some, True)
-    assert paths.file("dicom/nope.dcm") == (root / "dicom" / "nope.dcm", False)
-    assert paths.file("dicom") == (root / "dicom", False)  # a folder is not a file
+    assert paths.file("alias.dcm") == (some, "file")
+    assert paths.file(f"series/{some.name}") == (some, "file")
+    assert paths.file(some.relative_to(root).as_posix()) == (some, "file")
+    assert paths.file("dicom/nope.dcm") == (root / "dicom" / "nope.dcm", "missing")
+    assert paths.file("dicom") == (root / "dicom", "other")  # a folder is not a file
     assert paths.file("../x.dcm")[0] is None and paths.file("/etc/passwd")[0] is None
     assert set(paths.dirs) >= {"series", some.parent.relative_to(root).as_posix()}
 
