@@ -19,7 +19,8 @@ from components.errors import ConfigError
 
 TOPUP_SPACES = ("medical", "inception")  # topup.feature_space: the filter's feature space (never the GAN's)
 SELECT_SNAPSHOT = ("best_fid", "last")  # eval.select_snapshot: lowest val FID among the snapshots, or the final model
-GATE_MODES = ("min", "max", "at_least")  # registry.gate[].mode: see GateMetric
+GATE_MODES = ("min", "max", "at_least", "at_most")  # registry.gate[].mode: see GateMetric
+ABSOLUTE_MODES = ("at_least", "at_most")  # judge the challenger alone; the only modes of registry.floor
 # eval.seg_arms: what the Dice evidence's segmenter trains on (components/metrics/dice.py)
 SEG_ARMS = ("real", "weighted-sampler", "class-weighted-loss", "real+synthetic", "synthetic")
 SEVERITIES = ("warning", "critical")  # validate.patients_per_class_severity: report it, or stop the pipeline
@@ -342,8 +343,9 @@ class GateMetric:
     """One rule of the promotion gate.
 
     ``min`` / ``max``: the challenger's value must beat the champion's by more than ``margin`` (lower / higher is
-    better). ``at_least``: the challenger's own value must be ``>= margin``, whatever the champion scored, and also
-    when there is no champion yet; made for paired gains and their interval bounds, e.g.
+    better). ``at_least`` / ``at_most``: the challenger's own value must be ``>= margin`` / ``<= margin``, whatever
+    the champion scored, and also when there is no champion yet; made for floors and for paired gains and their
+    interval bounds, e.g.
     ``{name: dice_gain_ci_low.malignant, mode: at_least, margin: -0.05}``: with the top-up the rare class's Dice is
     not worse than without by more than 0.05, at 95 % confidence. An undefined value (a Dice baseline below
     ``eval.seg_min_baseline_dice``, too few test patients for an interval) fails the rule.
@@ -354,17 +356,52 @@ class GateMetric:
     margin: float = 0.0
 
     def __post_init__(self) -> None:
-        """Reject an unknown mode when the config is built (it would otherwise read as ``max``)."""
+        """Reject an unknown mode when the config is built (it would otherwise read as ``max``).
+
+        Whether the evaluate stage writes ``name`` depends on the rest of the config: :class:`Config` checks it.
+        """
         if self.mode not in GATE_MODES:
             raise ConfigError(f"registry.gate mode must be one of {', '.join(GATE_MODES)}, got {self.mode!r}")
+        if not isinstance(self.margin, (int, float)) or self.margin != self.margin:
+            raise ConfigError(f"registry gate rule {self.name!r}: margin must be a number, got {self.margin!r}")
 
 
 @dataclass
 class RegistryConfig:
-    """MLflow model registry and the champion/challenger gate."""
+    """MLflow model registry, the champion/challenger gate and the lock that serializes promotions."""
 
     model_name: str = "medgan-generator"
     gate: list[GateMetric] = field(default_factory=lambda: [GateMetric("fid", "min", 0.0)])
+    # Absolute rules (at_least / at_most) a challenger must clear to become champion, the first model included: with
+    # no champion the relative rules have nothing to beat, and without a floor any first model would be promoted.
+    # The default is in the primary feature space's units (Inception): the quickstart's 1000-step models score FID
+    # 175-251 over the seeds and settings of bench/RESULTS.md, its 200-step snapshots 363-409 (FID curves), an
+    # untrained generator more. Set your own when you change eval.feature_extractor; the tiny preset has none.
+    floor: list[GateMetric] = field(default_factory=lambda: [GateMetric("fid", "at_most", 300.0)])
+    # Database (postgresql://user@host:port/db) or lock file (file:///path.lock) whose lock serializes deciding and
+    # moving champion (components/promotion_lock.py). "": the tracking URI itself when it is a database or local
+    # store; an http(s) tracking server needs it (or $MEDGAN_REGISTRY_LOCK_URI, which wins and may hold a password),
+    # else promotions fall back to an optimistic compare-and-set with a warning. Never a password here: the config
+    # is logged to MLflow (use PGPASSWORD or ~/.pgpass).
+    lock_uri: str = ""
+    lock_timeout_s: float = 300.0  # waiting longer for the lock fails the gate step, with a "refused" audit record
+
+    def __post_init__(self) -> None:
+        """Reject a floor rule that is not absolute, a lock URI with a password, a non-positive timeout."""
+        for rule in self.floor:
+            if rule.mode not in ABSOLUTE_MODES:
+                raise ConfigError(
+                    f"registry.floor rule {rule.name!r} has mode {rule.mode!r}; a floor judges the challenger alone: "
+                    f"use one of {', '.join(ABSOLUTE_MODES)} (relative rules belong in registry.gate)"
+                )
+        netloc = self.lock_uri.split("://", 1)[1].split("/", 1)[0] if "://" in self.lock_uri else ""
+        if ":" in netloc.rpartition("@")[0]:
+            raise ConfigError(
+                "registry.lock_uri must not hold a password (the config is logged to MLflow); give it through "
+                "PGPASSWORD or ~/.pgpass, or put the whole URI in $MEDGAN_REGISTRY_LOCK_URI"
+            )
+        if self.lock_timeout_s <= 0:
+            raise ConfigError(f"registry.lock_timeout_s must be above 0, got {self.lock_timeout_s}")
 
 
 @dataclass
@@ -501,6 +538,18 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
 
+    def __post_init__(self) -> None:
+        """Reject a gate or floor rule naming a metric the evaluate stage never writes under this config."""
+        from components.metric_names import check_metric_name
+
+        for section in ("gate", "floor"):
+            for i, rule in enumerate(getattr(self.registry, section)):
+                why = check_metric_name(
+                    rule.name, list(self.data.classes), list(self.eval.extra_extractors), list(self.eval.seg_arms)
+                )
+                if why:
+                    raise ConfigError(f"registry.{section}[{i}] names no metric of the evaluate stage: {why}")
+
     def to_json(self) -> str:
         """Serialise to JSON (the form passed between pipeline components)."""
         return json.dumps(asdict(self), sort_keys=True)
@@ -560,6 +609,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "seg_steps": 2,
             "synth_per_class": 4,
         },
+        # No floor: the 6-step model is useless by design (pixel-space FID ~100 on the test phantom) and must still
+        # take the promote branch, so that the smoke runs exercise the whole gate.
+        "registry": {"floor": []},
     },
     "ct-128": {
         "data": {"image_size": 128, "window_center": 40.0, "window_width": 400.0},

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import urllib.request
 import uuid
 from pathlib import Path
@@ -55,8 +56,11 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real MLflow tracking server with a fresh PostgreSQL database as its backend store."""
+def mlflow_stack(tmp_path_factory):
+    """A real MLflow tracking server with a fresh PostgreSQL database as its backend store: ``.url``, ``.backend_uri``.
+
+    ``backend_uri`` (the database) is what the pipeline's ``registry.lock_uri`` names in the documented deployment.
+    """
     psycopg2 = pytest.importorskip("psycopg2")
     dbname = f"medgan_test_{uuid.uuid4().hex[:10]}"
     try:
@@ -66,6 +70,7 @@ def mlflow_server(tmp_path_factory):
     admin.autocommit = True
     admin.cursor().execute(f'CREATE DATABASE "{dbname}"')
     port = _free_port()
+    backend = f"postgresql+psycopg2://{PG_USER}@{PG_HOST}:{PG_PORT}/{dbname}"
     artifacts = tmp_path_factory.mktemp("mlflow-artifacts")
     log = open(tmp_path_factory.mktemp("mlflow-log") / "server.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -75,7 +80,7 @@ def mlflow_server(tmp_path_factory):
             "mlflow",
             "server",
             "--backend-store-uri",
-            f"postgresql+psycopg2://{PG_USER}@{PG_HOST}:{PG_PORT}/{dbname}",
+            backend,
             "--artifacts-destination",
             str(artifacts),
             "--host",
@@ -102,7 +107,7 @@ def mlflow_server(tmp_path_factory):
                 log.flush()
                 pytest.fail(f"mlflow server did not start: {Path(log.name).read_text()[-2000:]}")
             time.sleep(0.5)
-        yield url
+        yield types.SimpleNamespace(url=url, backend_uri=backend)
     finally:
         proc.terminate()
         try:
@@ -112,6 +117,12 @@ def mlflow_server(tmp_path_factory):
         log.close()
         admin.cursor().execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_stack) -> str:
+    """The URL of the real MLflow tracking server of :func:`mlflow_stack`."""
+    return mlflow_stack.url
 
 
 def write_synthetic_archive(

@@ -4,17 +4,20 @@
 ``eval.select_snapshot``; the training's final model when evaluate left none) as an MLflow pyfunc model in the
 pipeline run, registers a new version tagged with its data lineage (DVC rev + md5 of the dataset, dataset content
 hash, git commit, pipeline run key), its training step, its metrics and the feature spaces behind them (weights
-fingerprints, sample counts), points the ``challenger`` alias at it and decides, against the current ``champion``,
-whether to promote. ``promote`` / ``reject`` then carry out the decision
-(the DAG branches on it with ``dsl.If``): each writes an audit record (when, why, both metric sets) to the version's
-tags and to the run, and finalises the review report.
+fingerprints, sample counts), points the ``challenger`` alias at it and proposes a decision against the current
+``champion`` (the DAG branches on it with ``dsl.If``). Registration is idempotent per pipeline run: a retried
+register finds the version its run already registered (tag ``pipeline.run_key``) instead of making another.
+
+``apply_decision`` (the gate step) takes the binding decision under the model's promotion lock with a
+compare-and-set on ``champion`` (:mod:`components.register.promotion`), writes the audit record, finalises the
+review report and, being the last step, marks the pipeline's MLflow run FINISHED.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
+import re
 import subprocess
 import time
 from dataclasses import asdict
@@ -27,10 +30,20 @@ from components.config import Config, GateMetric
 from components.errors import RegistryError
 from components.evaluate.report import write_report
 from components.evaluate.spaces import extractor_tags
+from components.promotion_lock import lock_target
+from components.register.gate import gate_decision
+from components.register.promotion import decide_and_promote
+from components.registry import (
+    CHALLENGER,
+    METRIC_TAG,
+    RUN_KEY_TAG,
+    actor,
+    champion_version,
+    utc_now,
+    version_for_run,
+    version_metrics,
+)
 from components.tracking import RunTracker
-
-CHALLENGER, CHAMPION = "challenger", "champion"
-METRIC_TAG = "metrics."
 
 
 def git_commit(repo_dir: str | os.PathLike[str] | None = None) -> str:
@@ -58,64 +71,6 @@ def git_commit(repo_dir: str | os.PathLike[str] | None = None) -> str:
         return "unknown"
 
 
-def gate_decision(
-    challenger: dict[str, float], champion: dict[str, float] | None, rules: list[GateMetric]
-) -> tuple[bool, str]:
-    """Promote when the challenger meets every ``at_least`` rule and beats the champion on every other rule.
-
-    ``at_least`` rules judge the challenger alone (its value ``>= margin``; undefined fails), so they hold for the
-    first model too; ``min`` / ``max`` rules need a champion to beat by more than the margin, and without one the
-    challenger becomes champion.
-    """
-    reasons, ok = [], True
-    for rule in (r for r in rules if r.mode == "at_least"):
-        value = challenger.get(rule.name)
-        if value is None or not math.isfinite(value):
-            reasons.append(
-                f"{rule.name}: undefined for the challenger, required >= {rule.margin:g} (e.g. a Dice baseline below "
-                "eval.seg_min_baseline_dice, or too few test patients for an interval)"
-            )
-            ok = False
-            continue
-        meets = value >= rule.margin
-        reasons.append(f"{rule.name}: {value:.4g} {'meets' if meets else 'misses'} >= {rule.margin:g}")
-        ok = ok and meets
-    if champion is None:
-        first = "no champion to beat: the first model becomes champion" if ok else "no champion, but a rule fails"
-        return ok, "; ".join([first, *reasons])
-    for rule in (r for r in rules if r.mode != "at_least"):
-        new, old = challenger.get(rule.name), champion.get(rule.name)
-        if new is None:
-            return False, "; ".join([*reasons, f"challenger has no metric {rule.name!r}"])
-        if old is None:
-            reasons.append(f"{rule.name}: champion has no value, challenger {new:.4g} accepted")
-            continue
-        # Strictly better: a tie keeps the champion, so identical retrains do not churn the alias.
-        better = new < old - rule.margin if rule.mode == "min" else new > old + rule.margin
-        sign = "<" if rule.mode == "min" else ">"
-        target = old - rule.margin if rule.mode == "min" else old + rule.margin
-        reasons.append(
-            f"{rule.name}: {new:.4g} {'meets' if better else 'misses'} {sign} {target:.4g} "
-            f"(champion {old:.4g}, margin {rule.margin:g})"
-        )
-        ok = ok and better
-    return ok, "; ".join(reasons)
-
-
-def _version_metrics(version: Any) -> dict[str, float]:
-    return {k[len(METRIC_TAG) :]: float(v) for k, v in version.tags.items() if k.startswith(METRIC_TAG)}
-
-
-def champion_version(client: Any, model_name: str) -> Any | None:
-    """The version the ``champion`` alias points at, or None."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(model_name, CHAMPION)
-    except MlflowException:
-        return None
-
-
 def register(
     model_dir: str | os.PathLike[str],
     eval_dir: str | os.PathLike[str],
@@ -123,63 +78,42 @@ def register(
     tracking: dict[str, str],
     dataset_version: dict[str, Any],
 ) -> dict[str, Any]:
-    """Log + register the generator, set ``challenger``, and return the gate decision (nothing promoted yet).
+    """Log + register the generator (or find this run's version), set ``challenger``, propose the gate decision.
+
+    Nothing is promoted here: :func:`apply_decision` decides under the promotion lock.
 
     The weights are ``eval_dir/generator.pt`` (those the metrics describe) when evaluate wrote it, else
     ``model_dir/generator.pt``.
     """
-    import mlflow
-
-    from components.register.pyfunc import GeneratorModel, signature
-
     metrics = json.loads((Path(eval_dir) / "metrics.json").read_text())
     tracker = RunTracker.of(tracking)
     client = tracker.client
     name = cfg.registry.model_name
-    mlflow.set_tracking_uri(tracking["tracking_uri"])
-    model_dir = Path(model_dir)
-    weights = Path(eval_dir) / "generator.pt"
-    if not weights.is_file():
-        weights = model_dir / "generator.pt"
-    with mlflow.start_run(run_id=tracker.run_id):
-        info = mlflow.pyfunc.log_model(
-            name="generator",
-            python_model=GeneratorModel(),
-            artifacts={
-                "generator": str(weights),
-                "training_options": str(model_dir / "training_options.json"),
-            },
-            code_paths=[str(Path(__file__).resolve().parents[1])],
-            signature=signature(cfg.data.image_size),
-            input_example=pd.DataFrame({"class": [cfg.data.classes[-1]], "n": [2], "seed": [0]}),
-            pip_requirements=[
-                f"torch=={_version('torch')}",
-                f"numpy=={_version('numpy')}",
-                f"pandas=={_version('pandas')}",
-                f"mlflow=={_version('mlflow')}",
-            ],
-        )
-    tags = {
-        "dataset.dvc_rev": dataset_version.get("rev", "unknown"),
-        "dataset.dvc_md5": dataset_version.get("md5", "unknown"),
-        "dataset.content_hash": dataset_version.get("dataset_hash", "unknown"),
-        "git_commit": git_commit(),
-        "pipeline.run_key": tracking["run_key"],
-        "config.preset": cfg.preset,
-        "model.selected_step": _selected_step(metrics),
-        # which feature space (weights fingerprint, sample counts) produced each space's metrics
-        **extractor_tags(metrics, "extractor."),
-        # full precision: the gate of later runs compares against these values
-        **{f"{METRIC_TAG}{k}": repr(float(v)) for k, v in metrics.items() if isinstance(v, (int, float))},
-    }
-    # register_model links the version to the logged model (MLflow 3 model ids) and creates the name if needed
-    version = mlflow.register_model(info.model_uri, name, tags=tags, await_registration_for=0)
-    version = _wait_ready(client, name, version.version)
+    existing = version_for_run(client, name, tracking["run_key"])
+    if existing is None:
+        model_uri = log_generator(model_dir, eval_dir, cfg, tracker)
+        tags = {
+            "dataset.dvc_rev": dataset_version.get("rev", "unknown"),
+            "dataset.dvc_md5": dataset_version.get("md5", "unknown"),
+            "dataset.content_hash": dataset_version.get("dataset_hash", "unknown"),
+            "git_commit": git_commit(),
+            RUN_KEY_TAG: tracking["run_key"],
+            "config.preset": cfg.preset,
+            "model.selected_step": _selected_step(metrics),
+            # which feature space (weights fingerprint, sample counts) produced each space's metrics
+            **extractor_tags(metrics, "extractor."),
+            # full precision: the gate of later runs compares against these values
+            **{f"{METRIC_TAG}{k}": repr(float(v)) for k, v in metrics.items() if isinstance(v, (int, float))},
+        }
+        version = register_version(tracking["tracking_uri"], name, model_uri, tags)
+    else:
+        version = existing.version
+    version = _wait_ready(client, name, version)
     client.set_registered_model_alias(name, CHALLENGER, version.version)
 
     champion = champion_version(client, name)
-    champion_metrics = _version_metrics(champion) if champion is not None else None
-    promote, reason = gate_decision(metrics, champion_metrics, cfg.registry.gate)
+    champion_metrics = version_metrics(champion) if champion is not None else None
+    promote, reason = gate_decision(metrics, champion_metrics, cfg.registry.gate, cfg.registry.floor)
     decision = {
         "decision": "promote" if promote else "reject",
         "reason": reason,
@@ -189,11 +123,64 @@ def register(
         "challenger_metrics": {k: metrics[k] for k in sorted(metrics)},
         "champion_metrics": champion_metrics,
         "rules": [asdict(r) for r in cfg.registry.gate],
-        "decided_at": _now(),
+        "floor": [asdict(r) for r in cfg.registry.floor],
+        "lock_uri": cfg.registry.lock_uri,
+        "lock_timeout_s": cfg.registry.lock_timeout_s,
+        "reused_version": existing is not None,
+        "decided_at": utc_now(),
     }
     tracker.set_tags({"registry.model": name, "registry.version": version.version})
     tracker.log_dict(decision, "gate/decision.json")
     return decision
+
+
+def log_generator(
+    model_dir: str | os.PathLike[str], eval_dir: str | os.PathLike[str], cfg: Config, tracker: Any
+) -> str:
+    """Log the generator as a pyfunc model in the pipeline's run (left RUNNING); return the model URI."""
+    import mlflow
+    from mlflow.models import Model
+
+    from components.register.pyfunc import GeneratorModel, signature
+
+    mlflow.set_tracking_uri(tracker.tracking_uri)
+    model_dir = Path(model_dir)
+    weights = Path(eval_dir) / "generator.pt"
+    if not weights.is_file():
+        weights = model_dir / "generator.pt"
+    # Model.log with run_id, not inside `with mlflow.start_run()`: leaving that block would end the pipeline's run
+    # as FINISHED here, before the gate has decided; the gate step ends it.
+    info = Model.log(
+        artifact_path=None,  # MLflow 3 names the model instead
+        name="generator",
+        flavor=mlflow.pyfunc,
+        run_id=tracker.run_id,
+        python_model=GeneratorModel(),
+        artifacts={"generator": str(weights), "training_options": str(model_dir / "training_options.json")},
+        code_paths=[str(Path(__file__).resolve().parents[1])],
+        signature=signature(cfg.data.image_size),
+        input_example=pd.DataFrame({"class": [cfg.data.classes[-1]], "n": [2], "seed": [0]}),
+        pip_requirements=requirements(),
+    )
+    return info.model_uri
+
+
+def requirements() -> list[str]:
+    """The logged model's pip requirements, pinned to the versions running here, installable from PyPI.
+
+    A local version label (``torch 2.13.0+cpu``: PEP 440's ``+...``, set by the PyTorch wheel index) names a build
+    PyPI does not serve, so it is dropped: ``torch==2.13.0`` installs the same release on a fresh machine.
+    """
+    return [f"{p}=={re.sub(r'[+].*$', '', _version(p))}" for p in ("torch", "numpy", "pandas", "mlflow")]
+
+
+def register_version(tracking_uri: str, name: str, model_uri: str, tags: dict[str, str]) -> str:
+    """Register ``model_uri`` as a new version of ``name`` (created if needed) with ``tags``; return its number."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    # register_model links the version to the logged model (MLflow 3 model ids) and creates the name if needed
+    return str(mlflow.register_model(model_uri, name, tags=tags, await_registration_for=0).version)
 
 
 def apply_decision(
@@ -202,38 +189,37 @@ def apply_decision(
     out_dir: str | os.PathLike[str],
     tracking: dict[str, str],
 ) -> dict[str, Any]:
-    """Carry out a gate decision: move ``champion`` when promoting; audit it either way; finalise the report.
+    """The gate step: decide under the promotion lock, move ``champion`` when promoting, audit, finalise the report.
 
-    The alias moves only after the challenger version is re-checked to still be the one decided on, so a stale
-    decision can never promote a different model.
+    The binding decision is taken against the champion found under the lock (the register step's proposal may be
+    stale by then: that is recorded as ``re-taken``); a retried gate step returns the version's existing record.
+    The pipeline's MLflow run ends FINISHED here, its last step.
     """
     tracker = RunTracker.of(tracking)
     client = tracker.client
     name, version = decision["model_name"], str(decision["challenger_version"])
-    current = client.get_model_version_by_alias(name, CHALLENGER)
-    if str(current.version) != version:
-        raise RegistryError(
-            f"challenger of {name!r} is now version {current.version}, not {version}; "
-            "refusing to act on a stale gate decision"
-        )
-    audit = {
-        **decision,
-        "action": "promoted" if decision["decision"] == "promote" else "rejected",
-        "applied_at": _now(),
+    rules = [GateMetric(**r) for r in decision["rules"]]
+    floor = [GateMetric(**r) for r in decision.get("floor", [])]
+    context = {
+        "actor": actor(),
+        "via": "pipeline gate step",
+        "pipeline_run_key": tracking["run_key"],
+        "mlflow_run_id": tracker.run_id,
+        "challenger_version": version,
     }
-    if decision["decision"] == "promote":
-        previous = champion_version(client, name)
-        client.set_registered_model_alias(name, CHAMPION, version)
-        audit["previous_champion"] = str(previous.version) if previous is not None else None
-    for key, value in {
-        "gate.decision": audit["action"],
-        "gate.reason": decision["reason"][:5000],
-        "gate.at": audit["applied_at"],
-    }.items():
-        client.set_model_version_tag(name, version, key, value)
-    client.update_model_version(
-        name, version, description=f"{audit['action']} {audit['applied_at']}: {decision['reason']}"[:5000]
+    record = decide_and_promote(
+        client,
+        name,
+        version,
+        decision["challenger_metrics"],
+        rules,
+        floor,
+        lock_target(tracking["tracking_uri"], name, decision.get("lock_uri", "")),
+        context,
+        timeout_s=float(decision.get("lock_timeout_s", 300.0)),
+        proposed_against=str(decision.get("champion_version")),
     )
+    audit = {**record, "proposed": decision["decision"], "proposed_reason": decision["reason"]}
     tracker.log_dict(audit, "gate/audit.json")
     tracker.set_tags({"gate.decision": audit["action"]})
     tracker.log_metrics({"gate/promoted": 1.0 if audit["action"] == "promoted" else 0.0})
@@ -268,7 +254,3 @@ def _version(package: str) -> str:
     from importlib.metadata import version
 
     return version(package)
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

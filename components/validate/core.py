@@ -353,7 +353,7 @@ def champion_class_counts(tracker: Any, model_name: str) -> tuple[dict[str, int]
         return None, "no MLflow tracking: drift against the champion not checked"
     from mlflow.exceptions import MlflowException
 
-    from components.register.core import champion_version
+    from components.registry import champion_version
 
     version = champion_version(client, model_name)
     if version is None:

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -6,11 +7,14 @@ import pandas as pd
 import pytest
 
 from components.config import GateMetric, resolve
-from components.errors import RegistryError
-from components.register.core import CHALLENGER, CHAMPION, apply_decision, gate_decision, register
+from components.errors import ConfigError
+from components.register.core import apply_decision, register, requirements
+from components.register.gate import gate_decision
+from components.registry import CHALLENGER, CHAMPION, FINAL, audit_trail, version_trail
 
 FID = [GateMetric("fid", "min", 0.0)]
 RARE = GateMetric("dice_gain_ci_low.m", "at_least", -0.05)  # top-up not worse by more than 0.05
+FLOOR = [GateMetric("fid", "at_most", 300.0)]  # the quickstart's default floor
 
 
 @pytest.mark.parametrize(
@@ -28,7 +32,8 @@ RARE = GateMetric("dice_gain_ci_low.m", "at_least", -0.05)  # top-up not worse b
             "dice_real_synth: 0.5 misses > 0.6",
         ),
         ({"fid": 12.0}, {"fid": 12.0}, FID, False, "fid: 12 misses < 12"),
-        ({"kid": 1.0}, {"fid": 12.0}, FID, False, "challenger has no metric 'fid'"),
+        ({"kid": 1.0}, {"fid": 12.0}, FID, False, "fid: undefined for the challenger"),
+        ({"fid": float("nan")}, {"fid": 12.0}, FID, False, "fid: undefined for the challenger"),
         # at_least: the challenger alone, with or without a champion; undefined fails
         (
             {"fid": 10.0, "dice_gain_ci_low.m": -0.01},
@@ -49,6 +54,89 @@ def test_gate_decision(challenger, champion, rules, promote, reason):
     ok, why = gate_decision(challenger, champion, rules)
     assert ok is promote
     assert reason in why
+
+
+@pytest.mark.parametrize(
+    ("challenger", "champion", "promote", "reason"),
+    [
+        # the quickstart's first model (Inception FID ~175-251 at 1000 CPU steps) clears the floor ...
+        (
+            {"fid": 210.0},
+            None,
+            True,
+            "no champion to beat: the first model becomes champion; floor fid: 210 meets <= 300",
+        ),
+        # ... a useless first model does not become champion by default
+        ({"fid": 420.0}, None, False, "no champion, but a rule fails; floor fid: 420 misses <= 300"),
+        ({"kid": 0.1}, None, False, "floor fid: undefined for the challenger"),
+        # the floor holds for every challenger: beating a poor champion is not enough
+        ({"fid": 350.0}, {"fid": 400.0}, False, "fid: 350 meets < 400"),
+        ({"fid": 250.0}, {"fid": 260.0}, True, "floor fid: 250 meets <= 300; fid: 250 meets < 260"),
+    ],
+)
+def test_the_floor_keeps_a_useless_model_from_becoming_champion(challenger, champion, promote, reason):
+    ok, why = gate_decision(challenger, champion, FID, FLOOR)
+    assert ok is promote
+    assert reason in why
+
+
+def test_at_most_rules_judge_the_challenger_alone():
+    rule = [GateMetric("nn_copy_fraction", "at_most", 0.05)]
+    assert gate_decision({"nn_copy_fraction": 0.01}, {"nn_copy_fraction": 0.0}, rule)[0] is True
+    assert gate_decision({"nn_copy_fraction": 0.2}, None, rule) == (
+        False,
+        "no champion, but a rule fails; nn_copy_fraction: 0.2 misses <= 0.05",
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (['registry.gate=[{"name": "fid", "mode": "minimum"}]'], "mode must be one of min, max, at_least, at_most"),
+        (['registry.gate=[{"name": "fdi", "mode": "min"}]'], "writes no metric 'fdi'; did you mean fid?"),
+        (['registry.gate=[{"name": "fid.cat", "mode": "min"}]'], "class 'cat' is not one of data.classes"),
+        (['registry.gate=[{"name": "kid_ci_hi", "mode": "min"}]'], "writes no metric 'kid_ci_hi'"),
+        (['registry.gate=[{"name": "n_synthetic_ci_low", "mode": "min"}]'], "n_synthetic has no confidence interval"),
+        (['registry.gate=[{"name": "mask_label_mismatch.benign", "mode": "min"}]'], "has no per-class value"),
+        (['registry.gate=[{"name": "dice_gain_synth", "mode": "max"}]'], "only when eval.seg_arms"),
+        (['registry.gate=[{"name": "inception_fid", "mode": "min"}]'], "writes no metric 'inception_fid'"),
+        (['registry.floor=[{"name": "fid", "mode": "min"}]'], "a floor judges the challenger alone"),
+        (['registry.floor=[{"name": "fid", "mode": "at_most", "margin": "high"}]'], "must be a number"),
+        (["registry.lock_uri=postgresql://mlflow:secret@db:5432/mlflow"], "must not hold a password"),
+        (["registry.lock_timeout_s=0"], "lock_timeout_s must be above 0"),
+    ],
+)
+def test_gate_rules_are_checked_when_the_config_is_loaded(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resolve("quickstart", overrides)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "fid",
+        "fid_ci_high",
+        "fid.malignant",
+        "medical_recall_ci_low.benign",
+        "holdout_medical_fid",
+        "dice_gain_ci_low.malignant",
+        "seg_fp_rate_real_synth_ci_high",
+        "class_accuracy.normal",
+        "nn_copy_fraction.malignant",
+        "min_class_diversity_ratio",
+        "topup_kept.benign",
+        "fid_improvement_ci_low",
+    ],
+)
+def test_every_kind_of_metric_the_evaluate_stage_writes_can_be_a_rule(name):
+    cfg = resolve("quickstart", [f'registry.gate=[{{"name": "{name}", "mode": "at_least", "margin": 0}}]'])
+    assert cfg.registry.gate[0].name == name
+
+
+def test_the_logged_model_requirements_install_from_pypi():
+    pins = dict(r.split("==") for r in requirements())
+    assert set(pins) == {"torch", "numpy", "pandas", "mlflow"}
+    assert all("+" not in v and v[0].isdigit() for v in pins.values()), pins
 
 
 def _eval_dir(tmp_path, name, fid):
@@ -74,8 +162,16 @@ def test_register_gate_and_promote_against_a_real_tracking_server(mlflow_server,
 
     first, ev, tracking = cycle("run-1", 20.0)
     assert first["decision"] == "promote" and "no champion" in first["reason"]
+    run_1 = client.get_model_version(name, first["challenger_version"]).run_id
+    assert client.get_run(run_1).info.status == "RUNNING"  # registering does not end the pipeline's run
+    # a retried register (same pipeline run) finds its version instead of registering another
+    retried = register(model_dir, ev, tiny_cfg, tracking, lineage)
+    assert retried["challenger_version"] == first["challenger_version"] and retried["reused_version"]
+    assert not first["reused_version"]
+    assert len(client.search_model_versions(f"name = '{name}' and tags.`pipeline.run_key` = 'run-1'")) == 1
     result = apply_decision(first, ev, tmp_path / "out-1", tracking)
     assert result["audit"]["action"] == "promoted"
+    assert client.get_run(run_1).info.status == "FINISHED"  # the gate step, the last, ends it
     assert "promoted" in (tmp_path / "out-1" / "report.html").read_text()
     assert client.get_model_version_by_alias(name, CHAMPION).version == first["challenger_version"]
 
@@ -91,9 +187,9 @@ def test_register_gate_and_promote_against_a_real_tracking_server(mlflow_server,
 
     better, ev3, tracking3 = cycle("run-3", 15.0)
     assert better["decision"] == "promote" and better["champion_version"] == first["challenger_version"]
-    # acting on the stale run-2 decision now that run-3 is challenger must be refused
-    with pytest.raises(RegistryError, match="stale"):
-        apply_decision(worse, ev2, tmp_path / "out-2b", tracking2)
+    # a retried run-2 gate step, now that run-3 is challenger, returns run-2's decision and decides nothing new
+    again = apply_decision(worse, ev2, tmp_path / "out-2b", tracking2)
+    assert again["audit"]["action"] == "rejected" and again["audit"]["version"] == worse["challenger_version"]
     apply_decision(better, ev3, tmp_path / "out-3", tracking3)
     assert client.get_model_version_by_alias(name, CHAMPION).version == better["challenger_version"]
 
@@ -103,6 +199,20 @@ def test_register_gate_and_promote_against_a_real_tracking_server(mlflow_server,
     audit = json.loads(open(audit_path).read())
     assert audit["previous_champion"] == first["challenger_version"]
     assert audit["champion_metrics"]["fid"] == 20.0 and audit["challenger_metrics"]["fid"] == 15.0
+    assert audit["pipeline_run_key"] == "run-3" and audit["actor"] and audit["rules"] and "lock" in audit
+    assert [a.path for a in client.list_artifacts(run_id, "gate/audit")] == [
+        f"gate/audit/{audit['stamp']}-promoted.json"
+    ]
+    # one decision record per version, on the model and on the version
+    trail = audit_trail(client, name)
+    assert [(r["version"], r["action"]) for r in trail if r["action"] in FINAL] == [
+        (first["challenger_version"], "promoted"),
+        (worse["challenger_version"], "rejected"),
+        (better["challenger_version"], "promoted"),
+    ]
+    assert [r["action"] for r in version_trail(client.get_model_version(name, worse["challenger_version"]))] == [
+        "rejected"
+    ]
 
 
 def test_registered_model_samples_labelled_pairs(mlflow_server, model_dir, tmp_path):
