@@ -22,6 +22,8 @@ import numpy as np
 from components.errors import TrackingAccessDenied
 
 RUN_KEY_TAG = "medgan.run_key"
+HEARTBEAT_TAG = "medgan.heartbeat"  # epoch seconds of the run's last sign of life (components/runstate.py)
+HEARTBEAT_EVERY_S = 60.0
 
 
 def project_runs_dir(project_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -48,11 +50,19 @@ def get_or_create_experiment(tracking_uri: str, name: str) -> str:
     """Return the id of experiment ``name``, creating it (with a local artifact root for SQLite) if needed."""
     from mlflow.tracking import MlflowClient
 
+    from mlflow.exceptions import MlflowException
+
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri))
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri))
+    except MlflowException as exc:  # pipelines starting together on a new server: another one created it first
+        exp = client.get_experiment_by_name(name)
+        if exp is None or exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return exp.experiment_id
 
 
 @contextlib.contextmanager
@@ -99,11 +109,22 @@ class RunTracker:
         else:
             run = self.client.create_run(self.experiment_id, run_name=run_name or run_key, tags={RUN_KEY_TAG: run_key})
             self.run_id = run.info.run_id
+        self._beat = 0.0
+        self.heartbeat()
 
     @classmethod
     def of(cls, tracking: dict[str, str]) -> RunTracker:
         """The tracker of a pipeline run described as ``{"tracking_uri", "experiment", "run_key"}``."""
         return cls(tracking["tracking_uri"], tracking["experiment"], tracking["run_key"])
+
+    def heartbeat(self, force: bool = True) -> None:
+        """Record that the run is alive (tag ``medgan.heartbeat``); unless ``force``, at most once a minute."""
+        import time
+
+        now = time.time()
+        if force or now - self._beat >= HEARTBEAT_EVERY_S:
+            self.client.set_tag(self.run_id, HEARTBEAT_TAG, str(now))
+            self._beat = now
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Log parameters (values are stringified; MLflow limits them to 6000 characters)."""
@@ -124,6 +145,7 @@ class RunTracker:
         batch = [Metric(k, float(v), now, int(step or 0)) for k, v in metrics.items() if np.isfinite(v)]
         for start in range(0, len(batch), 500):
             self.client.log_batch(self.run_id, metrics=batch[start : start + 500])
+        self.heartbeat(force=False)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         """Set run tags."""

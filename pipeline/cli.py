@@ -1,4 +1,4 @@
-"""``medgan`` command line: sample data, local runs, single stages, compile.
+"""``medgan`` command line: sample data, local runs, single stages, compile, the registry (promote, rollback, runs).
 
 User mistakes (bad preset, missing data, failed validation, ...) print one clear message and exit with status 2;
 only bugs show a traceback.
@@ -112,6 +112,94 @@ def cmd_stage(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2, default=str))
 
 
+def _registry(args: argparse.Namespace):  # noqa: ANN202 - (Config, tracking URI, MlflowClient)
+    """The config, the tracking URI (--tracking-uri, else the config's, else the project's SQLite) and a client."""
+    from mlflow.tracking import MlflowClient
+
+    from components.tracking import default_tracking_uri
+
+    cfg = _config(args)
+    uri = args.tracking_uri or cfg.tracking.tracking_uri or default_tracking_uri(args.project_dir)
+    return cfg, uri, MlflowClient(uri)
+
+
+def cmd_promote(args: argparse.Namespace) -> None:
+    """Make a version the champion by an operator's decision (the gate's lock, compare-and-set and audit)."""
+    from components.promotion_lock import lock_target
+    from components.register.promotion import operator_promote, rollback
+    from components.registry import actor
+
+    cfg, uri, client = _registry(args)
+    name, reg = cfg.registry.model_name, cfg.registry
+    target = lock_target(uri, name, reg.lock_uri)
+    who, rules = actor(args.actor), (reg.gate, reg.floor, reg.lock_timeout_s)
+    if args.command == "rollback":
+        rec = rollback(client, name, args.reason, who, target, *rules)
+    else:
+        rec = operator_promote(client, name, args.version, args.reason, who, target, *rules)
+    print(
+        f"{name}: champion {rec['previous_champion']} -> {rec['new_champion']} ({rec['action']} by {rec['actor']}: "
+        f"{rec['reason']}; {rec['gate_verdict']}; lock: {rec['lock']})"
+    )
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    """List a model's versions with their key metrics, aliases and gate decisions."""
+    from components.registry import all_versions, model_exists, version_metrics
+
+    cfg, uri, client = _registry(args)
+    name = cfg.registry.model_name
+    if not model_exists(client, name):
+        print(f"no registered model {name!r} at {uri}")
+        return
+    aliases: dict[str, list[str]] = {}
+    for alias, version in client.get_registered_model(name).aliases.items():
+        aliases.setdefault(str(version), []).append(alias)
+    keys = list(dict.fromkeys([r.name for r in (*cfg.registry.gate, *cfg.registry.floor)] + ["fid", "kid"]))
+    rows = []
+    for mv in all_versions(client, name):
+        metrics = version_metrics(mv)
+        rows.append(
+            {
+                "version": str(mv.version),
+                "aliases": ",".join(sorted(aliases.get(str(mv.version), []))) or "-",
+                "decision": mv.tags.get("gate.decision", "undecided"),
+                "decided": mv.tags.get("gate.at", "-"),
+                "by": mv.tags.get("gate.actor", "-"),
+                **{k: f"{metrics[k]:.4g}" if k in metrics else "-" for k in keys},
+                "run": mv.tags.get("pipeline.run_key", "-"),
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    cols = list(rows[0]) if rows else []
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
+    print(f"{name} at {uri}")
+    for line in [{c: c for c in cols}, *rows]:
+        print("  ".join(line[c].ljust(widths[c]) for c in cols).rstrip())
+
+
+def cmd_runs(args: argparse.Namespace) -> None:
+    """List RUNNING pipeline runs whose process is gone or silent; with --repair, close them as KILLED."""
+    from components.registry import actor
+    from components.runstate import close_run, find_orphans
+
+    cfg, uri, client = _registry(args)
+    orphans = find_orphans(client, cfg.tracking.experiment, args.stale_after_hours * 3600)
+    if not orphans:
+        print(f"no orphaned runs in experiment {cfg.tracking.experiment!r} at {uri}")
+        return
+    for o in orphans:
+        print(f"orphan {o.run_key} (MLflow run {o.run_id}): {o.why}")
+        if args.repair:
+            records = close_run(client, o.run_id, "KILLED", o.why, actor(args.actor))
+            settled = ", ".join(f"version {r['version']} {r['action']}" for r in records) or "no undecided version"
+            print(f"  closed {o.run_key} as KILLED ({settled})")
+    if not args.repair:
+        print("close them (status KILLED, their undecided versions refused) with `medgan runs --repair`")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``medgan`` command."""
     parser = argparse.ArgumentParser(prog="medgan", description=__doc__.splitlines()[0])
@@ -180,6 +268,40 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--run-key", default="manual", help="MLflow run to log into (by its run key)")
         with_config(p)
         p.set_defaults(func=cmd_stage, stage=stage)
+
+    def registry_args(p: argparse.ArgumentParser, acts: bool = True) -> None:
+        p.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: the project's runs/mlflow.db)")
+        p.add_argument("--project-dir", default=".", help="where runs/ lives (for the default tracking URI)")
+        if acts:
+            p.add_argument("--actor", default="", help="who acts, for the audit record (default: $USER@host)")
+        with_config(p)
+
+    p = sub.add_parser("promote", help="make a model version the champion (operator decision, audited)")
+    p.add_argument("--version", required=True, help="the registered version to promote")
+    p.add_argument("--reason", required=True, help="why, for the audit record")
+    registry_args(p)
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("rollback", help="move the champion back to the previous champion (from the audit trail)")
+    p.add_argument("--reason", required=True, help="why, for the audit record")
+    registry_args(p)
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("models", help="list the registered versions with metrics, aliases and gate decisions")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    registry_args(p, acts=False)
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("runs", help="find pipeline runs left RUNNING by a dead process; --repair closes them")
+    p.add_argument("--repair", action="store_true", help="close them as KILLED and settle their undecided versions")
+    p.add_argument(
+        "--stale-after-hours",
+        type=float,
+        default=12.0,
+        help="a run of another host (or a Kubeflow run) without a heartbeat for this long is an orphan",
+    )
+    registry_args(p)
+    p.set_defaults(func=cmd_runs)
     return parser
 
 

@@ -10,16 +10,18 @@ import json
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from components import dataversion
 from components.config import Config
 from components.errors import DataError, MedganError
-from components.tracking import default_tracking_uri, project_runs_dir
+from components.runstate import claim_run
+from components.tracking import RunTracker, default_tracking_uri, project_runs_dir
 
 
 @dataclass
@@ -31,6 +33,7 @@ class LocalRun:
     report: Path
     tracking_uri: str
     decision: dict[str, Any]
+    orphans: list[str] = field(default_factory=list)  # earlier runs found left RUNNING by a dead process
 
 
 def preflight(data_dir: Path) -> None:
@@ -64,21 +67,29 @@ def patient_salt(runs: Path, env_name: str) -> str:
     return path.read_text().strip()
 
 
-def _mark_failed(tracking: dict[str, str]) -> None:
-    """Close the pipeline's MLflow run as FAILED so it does not look like it is still running."""
-    from mlflow.tracking import MlflowClient
-
-    from components.tracking import RUN_KEY_TAG
+def _close_failed(tracker: RunTracker, status: str, reason: str) -> None:
+    """End the pipeline's MLflow run as FAILED / KILLED and refuse a version it registered but never gated."""
+    from components.runstate import close_run
 
     try:
-        client = MlflowClient(tracking["tracking_uri"])
-        exp = client.get_experiment_by_name(tracking["experiment"])
-        if exp is None:
-            return
-        for run in client.search_runs([exp.experiment_id], f"tags.`{RUN_KEY_TAG}` = '{tracking['run_key']}'"):
-            client.set_terminated(run.info.run_id, "FAILED")
+        close_run(tracker.client, tracker.run_id, status, reason, via="local runner (failure)")
     except Exception:  # noqa: BLE001 - best effort: the original failure is what the user must see
         pass
+
+
+def report_orphans(tracker: RunTracker, experiment: str) -> list[str]:
+    """Runs of ``experiment`` left RUNNING by a dead process, as lines for the user (also on stderr)."""
+    from components.runstate import find_orphans
+
+    lines = [f"{o.run_key} ({o.why})" for o in find_orphans(tracker.client, experiment) if o.run_id != tracker.run_id]
+    if lines:
+        print(
+            f"medgan: {len(lines)} earlier run(s) still marked RUNNING, their process gone: {'; '.join(lines)}. "
+            "Close them with `medgan runs --repair`.",
+            file=sys.stderr,
+            flush=True,
+        )
+    return lines
 
 
 def new_run_key() -> str:
@@ -102,6 +113,9 @@ def run_local(data_dir: str | os.PathLike[str], cfg: Config, project_dir: str | 
     tracking_uri = cfg.tracking.tracking_uri or default_tracking_uri(project_dir)
     tracking = {"tracking_uri": tracking_uri, "experiment": cfg.tracking.experiment, "run_key": run_key}
     lineage = dataversion.describe(data)
+    tracker = RunTracker.of(tracking)  # created here, so that it names this process as its owner from the start
+    claim_run(tracker)
+    orphans = report_orphans(tracker, cfg.tracking.experiment)
 
     os.environ[cfg.ingest.salt_env] = patient_salt(runs, cfg.ingest.salt_env)
     os.environ["MEDGAN_PROJECT_DIR"] = str(Path(project_dir).resolve())  # its DVC remote versions the top-up
@@ -118,24 +132,26 @@ def run_local(data_dir: str | os.PathLike[str], cfg: Config, project_dir: str | 
             dataset_version_json=json.dumps(lineage),
             cache_dir=str(runs / "cache"),
         )
+    except KeyboardInterrupt:
+        _close_failed(tracker, "KILLED", "interrupted")
+        raise
     except Exception as exc:  # noqa: BLE001 - kfp wraps task failures in generic exceptions
-        _mark_failed(tracking)
         if error_file.is_file():
             err = json.loads(error_file.read_text())
+            _close_failed(tracker, "FAILED", f"stopped at {err['stage']}: {err['message']}")
             raise MedganError(f"pipeline stopped at {err['stage']}: {err['message']}") from None
+        _close_failed(tracker, "FAILED", f"pipeline failed: {exc}")
         raise MedganError(f"pipeline failed: {exc} (see the task log above; outputs in {runs / 'kfp'})") from exc
     finally:
         os.environ.pop("MEDGAN_ERROR_FILE", None)
 
     # MLflow holds the outcome whichever gate branch ran: the final report and the audit record of the decision.
     decision = _fetch_outcome(tracking, run_dir)
-    return LocalRun(run_key, run_dir, run_dir / "report.html", tracking_uri, decision)
+    return LocalRun(run_key, run_dir, run_dir / "report.html", tracking_uri, decision, orphans)
 
 
 def _fetch_outcome(tracking: dict[str, str], run_dir: Path) -> dict[str, Any]:
     from mlflow.artifacts import download_artifacts
-
-    from components.tracking import RunTracker
 
     tracker = RunTracker.of(tracking)
     with tempfile.TemporaryDirectory() as tmp:
