@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from pipeline.cli import main
 
@@ -43,8 +44,10 @@ def test_console_script_exit_status_and_no_traceback(tmp_path):
 def test_compile_for_a_kubernetes_launcher(tmp_path):
     out = tmp_path / "k8s.yaml"
     main(["compile", "--out", str(out), "--preset", "ct-128", "--set", "train.launcher=trainjob"])
-    text = out.read_text()
-    assert "medgan-data" in text and "pvcMount" in text  # the train task's volume, in the platform config
+    platform = list(yaml.safe_load_all(out.read_text()))[1]["platforms"]["kubernetes"]["deploymentSpec"]
+    # the train task's volume, in the platform config
+    assert platform["executors"]["exec-train-op"]["pvcMount"][0]["constant"] == "medgan-data"
     local = tmp_path / "local.yaml"
     main(["compile", "--out", str(local)])
-    assert "pvcMount" not in local.read_text()
+    platform = list(yaml.safe_load_all(local.read_text()))[1]["platforms"]["kubernetes"]["deploymentSpec"]
+    assert "pvcMount" not in platform["executors"]["exec-train-op"]  # train.launcher=local trains in the task

@@ -1,23 +1,30 @@
 import pytest
 import yaml
-from kfp import dsl, kubernetes, local
+from kfp import compiler, dsl, kubernetes, local
 
 from components.config import resolve
 from components.errors import ConfigError
 from pipeline.cli import main
-from pipeline.dag import compile_pipeline
+from pipeline.dag import build_pipeline, compile_pipeline
+
+
+def _stage_tasks(spec):
+    """The stage tasks of a compiled package: at the root (local build) or inside the exit handler (cluster)."""
+    handler = spec["components"].get("comp-exit-handler-1")
+    return (handler or spec["root"])["dag"]["tasks"]
 
 
 def test_pipeline_compiles_with_gate_branch_and_project_image(tmp_path, monkeypatch):
     out = tmp_path / "pipeline.yaml"
     assert main(["compile", "--out", str(out)]) == 0
-    spec = yaml.safe_load(out.read_text())
+    spec = next(yaml.safe_load_all(out.read_text()))
     assert spec["pipelineInfo"]["name"] == "medgan-ops"
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = _stage_tasks(spec)
     for name in ("open-run-op", "ingest-op", "validate-op", "rebalance-op", "train-op", "evaluate-op", "register-op"):
         assert name in tasks, sorted(tasks)
     # the gate is a visible branch: dsl.If (promote) / dsl.Else (reject) on the register step's decision
-    branches = spec["components"]["comp-condition-branches-1"]["dag"]["tasks"]
+    (branches_name,) = [c for c in spec["components"] if c.startswith("comp-condition-branches-")]
+    branches = spec["components"][branches_name]["dag"]["tasks"]
     conditions = [t["triggerPolicy"]["condition"] for t in branches.values()]
     assert len(conditions) == 2
     assert any("== 'promote'" in c for c in conditions) and any("!(" in c for c in conditions), conditions
@@ -34,8 +41,9 @@ def test_pipeline_compiles_with_gate_branch_and_project_image(tmp_path, monkeypa
 
 
 def _compiled(tmp_path, cfg):
+    """The local build of the pipeline for ``cfg`` (what ``medgan run`` executes), compiled."""
     out = tmp_path / "pipeline.yaml"
-    compile_pipeline(out, cfg)
+    compiler.Compiler().compile(build_pipeline(cfg), str(out))
     docs = list(yaml.safe_load_all(out.read_text()))
     return docs[0], (docs[1] if len(docs) > 1 else None)
 
