@@ -1,4 +1,6 @@
-"""``medgan`` command line: sample data, local runs, single stages, compile, the registry (promote, rollback, runs).
+"""``medgan`` command line: sample data, local runs, single stages, compile, the registry, Kubeflow runs.
+
+Registry: promote, rollback, models, runs. Kubeflow Pipelines: submit one run, schedule a recurring one.
 
 User mistakes (bad preset, missing data, failed validation, ...) print one clear message and exit with status 2;
 only bugs show a traceback.
@@ -12,7 +14,7 @@ import sys
 from pathlib import Path
 
 from components.config import PRESETS, Config, resolve
-from components.errors import MedganError
+from components.errors import ConfigError, MedganError
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -200,6 +202,62 @@ def cmd_runs(args: argparse.Namespace) -> None:
         print("close them (status KILLED, their undecided versions refused) with `medgan runs --repair`")
 
 
+def _cluster_run(args: argparse.Namespace):  # noqa: ANN202 - (Config, run arguments, kfp.Client)
+    """The config, the cluster pipeline's parameters and a KFP client, from the command line and the environment."""
+    from pipeline.cluster import kfp_client, run_arguments
+
+    cfg = _config(args)
+    arguments = run_arguments(
+        cfg,
+        data_dir=args.data,
+        dvc_remote=args.dvc_remote,
+        dataset_repo=args.dataset_repo,
+        dataset_rev=args.dataset_rev,
+        dataset_path=args.dataset_path,
+    )
+    return cfg, arguments, kfp_client(args.host, args.namespace)
+
+
+def cmd_submit(args: argparse.Namespace) -> None:
+    """Start one run of the cluster pipeline on Kubeflow Pipelines."""
+    from pipeline.cluster import submit
+
+    cfg, arguments, client = _cluster_run(args)
+    run = submit(
+        cfg,
+        arguments,
+        client,
+        experiment=args.experiment,
+        run_name=args.run_name,
+        namespace=args.namespace,
+        service_account=args.service_account,
+    )
+    print(f"submitted run {run['run_id']} ({run['run_name']}) in experiment {args.experiment!r}")
+    print(f"  MLflow run key kfp-{run['run_id']} at {cfg.tracking.tracking_uri}")
+
+
+def cmd_schedule(args: argparse.Namespace) -> None:
+    """Create, keep, replace, pause, resume or delete one recurring run of the cluster pipeline by name."""
+    from pipeline.cluster import Schedule, kfp_client, schedule
+
+    if not (args.cron or args.pause or args.delete):
+        raise ConfigError("medgan schedule needs --cron (create or update), --pause or --delete")
+    if args.pause or args.delete:
+        cfg, arguments, client = _config(args), {}, kfp_client(args.host, args.namespace)
+    else:
+        cfg, arguments, client = _cluster_run(args)
+        if not args.dataset_repo:
+            print(
+                "medgan: warning: no --dataset-repo: every scheduled run trains on the dataset version pinned now",
+                file=sys.stderr,
+            )
+    sched = Schedule(args.name, args.cron, args.experiment, args.namespace, args.service_account)
+    done = schedule(cfg, arguments, client, sched, pause=args.pause, delete=args.delete)
+    where = f" ({done['recurring_run_id']})" if done.get("recurring_run_id") else ""
+    cron = f", cron {done['cron']}" if "cron" in done else ""
+    print(f"recurring run {done['name']!r}{where}: {done['action']}{cron}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``medgan`` command."""
     parser = argparse.ArgumentParser(prog="medgan", description=__doc__.splitlines()[0])
@@ -268,6 +326,31 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--run-key", default="manual", help="MLflow run to log into (by its run key)")
         with_config(p)
         p.set_defaults(func=cmd_stage, stage=stage)
+
+    def cluster_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--host", default="", help="Kubeflow Pipelines API (default: $KF_PIPELINES_ENDPOINT)")
+        p.add_argument("--namespace", default="", help="KFP namespace (multi-user Kubeflow: your profile's)")
+        p.add_argument("--experiment", default="medgan", help="KFP experiment")
+        p.add_argument("--service-account", default="", help="Kubernetes service account of the run's pods")
+        p.add_argument("--data", default="data", help="DVC-tracked data folder whose .dvc pointer pins the dataset")
+        p.add_argument("--dvc-remote", default="", help="DVC remote URL the cluster pulls from (default: ours)")
+        p.add_argument("--dataset-repo", default="", help="git URL: pull that repository's dataset at --dataset-rev")
+        p.add_argument("--dataset-rev", default="", help="branch, tag or commit of --dataset-repo (default: HEAD)")
+        p.add_argument("--dataset-path", default="data", help="the DVC-tracked folder in --dataset-repo")
+        with_config(p)
+
+    p = sub.add_parser("submit", help="run the pipeline on Kubeflow Pipelines (auth: $KF_PIPELINES_TOKEN/_COOKIE)")
+    p.add_argument("--run-name", default="", help="display name of the run")
+    cluster_args(p)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("schedule", help="create/update, pause or delete one recurring run by name (cron)")
+    p.add_argument("--name", default="medgan-retraining", help="the recurring run's name (one per name)")
+    p.add_argument("--cron", default="", help='e.g. "0 3 * * 1" (5 fields) or KFP\'s 6 (seconds first)')
+    p.add_argument("--pause", action="store_true", help="disable the recurring run (resume: schedule it again)")
+    p.add_argument("--delete", action="store_true", help="delete the recurring run")
+    cluster_args(p)
+    p.set_defaults(func=cmd_schedule)
 
     def registry_args(p: argparse.ArgumentParser, acts: bool = True) -> None:
         p.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: the project's runs/mlflow.db)")
