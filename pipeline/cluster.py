@@ -130,11 +130,12 @@ def run_arguments(
     return {**args, "dataset_version_json": json.dumps(lineage, sort_keys=True), "dvc_remote": remote}
 
 
-def _package(cfg: Config, folder: str) -> Path:
+def _package(cfg: Config, folder: str, arguments: dict[str, str]) -> Path:
+    """The compiled cluster pipeline; a pinned dataset gives its pure stages a cross-run cache key."""
     from pipeline.dag import compile_pipeline
 
     path = Path(folder) / "medgan_pipeline.yaml"
-    compile_pipeline(path, cfg)
+    compile_pipeline(path, cfg, json.loads(arguments.get("dataset_version_json") or "{}"))
     return path
 
 
@@ -156,7 +157,7 @@ def submit(
 ) -> dict[str, str]:
     """Compile and start one run; return its id, name and experiment."""
     with tempfile.TemporaryDirectory() as tmp:
-        package = _package(cfg, tmp)
+        package = _package(cfg, tmp, arguments)
         try:
             exp = client.create_experiment(name=experiment, namespace=namespace or None)
             run = client.run_pipeline(
@@ -248,7 +249,7 @@ def schedule(
             return {"action": "paused", "name": sched.name, "recurring_run_id": existing.recurring_run_id}
         cron = kfp_cron(sched.cron)
         with tempfile.TemporaryDirectory() as tmp:
-            package = _package(cfg, tmp)
+            package = _package(cfg, tmp, arguments)
             spec = [d for d in yaml.safe_load_all(package.read_text()) if d]
             digest = _digest({"documents": spec}, arguments, sched, cron)
             if existing is not None:

@@ -14,6 +14,8 @@ the shared volume (``train.data_volume_claim`` at ``train.data_mount_path``, thr
 data there for the training job's pods. The local runner ignores kfp-kubernetes platform config.
 """
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -23,6 +25,7 @@ from kfp.dsl import graph_component
 
 from components.config import Config
 from components.evaluate.component import evaluate_op
+from components.image import BASE_IMAGE
 from components.ingest.component import ingest_op
 from components.pull.component import pull_data_op
 from components.rebalance.component import rebalance_op
@@ -153,12 +156,29 @@ def build_pipeline(cfg: Config | None = None) -> graph_component.GraphComponent:
 medgan_pipeline = build_pipeline()
 
 
-def build_cluster_pipeline(cfg: Config | None = None) -> graph_component.GraphComponent:
+def cache_key(cfg: Config, dataset_version: dict | None) -> str:
+    """The cache key of the pure stages of a run of ``cfg`` on a pinned dataset ("" when it is not pinned).
+
+    What determines their outputs: the resolved config (seeds included), the dataset's DVC hash and the code, named
+    by the image (tags must be immutable: a new build gets a new tag).
+    """
+    md5 = str((dataset_version or {}).get("md5") or "")
+    if not md5:
+        return ""
+    state = json.dumps({"config": cfg.to_json(), "dataset": md5, "image": BASE_IMAGE}, sort_keys=True)
+    return "medgan-" + hashlib.sha256(state.encode()).hexdigest()[:32]
+
+
+def build_cluster_pipeline(
+    cfg: Config | None = None, dataset_version: dict | None = None
+) -> graph_component.GraphComponent:
     """The pipeline to run on Kubeflow Pipelines for ``cfg`` (``None``: the default config).
 
     Its data come from DVC (``dataset_version_json`` + ``dvc_remote``, or ``dataset_repo`` at ``dataset_rev``), its
     run key from the Kubeflow run (unless ``tracking_json`` names one). Checked when compiled: a config that could
-    not work on a cluster (no shared volume, bad quantities) is never compiled.
+    not work on a cluster (no shared volume, bad quantities) is never compiled. With the pinned ``dataset_version``
+    the run will use (``medgan submit`` knows it), the pure stages get a cache key of config, dataset and image
+    (:func:`cache_key`), so a rerun of unchanged data and config takes them from KFP's cache.
     """
     cfg = cfg or Config()
     claim, mount = cfg.train.data_volume_claim, cfg.train.data_mount_path
@@ -213,7 +233,9 @@ def build_cluster_pipeline(cfg: Config | None = None) -> graph_component.GraphCo
                 pulled.outputs["dataset_version_json"],
                 cache_dir,
             )
-        cluster_platform(cfg, stages, context=context, pulled=pulled, closing=closing)
+        cluster_platform(
+            cfg, stages, context=context, pulled=pulled, closing=closing, key=cache_key(cfg, dataset_version)
+        )
 
     return medgan_cluster_pipeline
 
@@ -247,8 +269,13 @@ def cluster_platform(
     context: dsl.PipelineTask,
     pulled: dsl.PipelineTask,
     closing: dsl.PipelineTask,
+    key: str = "",
 ) -> None:
-    """Resources, accelerators, retries, caching, Secrets, mounts, labels and security of every cluster task."""
+    """Resources, accelerators, retries, caching, Secrets, mounts, labels and security of every cluster task.
+
+    ``key``: the cache key of the pure stages (:func:`cache_key`); "" leaves KFP's own (every input, so hits come
+    only within a run: the tracking parameters carry the run key).
+    """
     kc, tc = cfg.kubernetes, cfg.train
     claim, mount = tc.data_volume_claim, tc.data_mount_path
     mlflow_tasks = [stages.open_run, stages.ingest, stages.validate, stages.rebalance, stages.train, stages.evaluate]
@@ -300,14 +327,17 @@ def cluster_platform(
                 backoff_max_duration=kc.retry_backoff_max,
             )
     # Side effects are never replayed from the cache: the data step (run-scoped folder), the run's MLflow run, the
-    # registry and the exit handler. The pure stages may be cached (their key: every input, the run's config and
-    # dataset lineage included, and the run's tracking parameters, so hits come within a run, e.g. on a retry).
+    # registry and the exit handler. The pure stages are cached under `key` when the dataset is pinned; a cached
+    # stage does not run, so it logs nothing to the new MLflow run (the run that computed it holds those logs).
     for task in (context, pulled, stages.open_run, stages.register, stages.promote, stages.reject, closing):
         task.set_caching_options(enable_caching=False)
-    for task in (stages.ingest, stages.validate, stages.rebalance, stages.train, stages.evaluate):
-        task.set_caching_options(enable_caching=True)
+    pure = {"ingest": stages.ingest, "validate": stages.validate, "rebalance": stages.rebalance}
+    for name, task in {**pure, "train": stages.train, "evaluate": stages.evaluate}.items():
+        task.set_caching_options(enable_caching=True, cache_key=f"{key}-{name}" if key else None)
 
 
-def compile_pipeline(package_path: str | os.PathLike[str], cfg: Config | None = None) -> None:
+def compile_pipeline(
+    package_path: str | os.PathLike[str], cfg: Config | None = None, dataset_version: dict | None = None
+) -> None:
     """Write the cluster pipeline package for ``cfg`` (``None``: the default config) to ``package_path``."""
-    compiler.Compiler().compile(build_cluster_pipeline(cfg), str(package_path))
+    compiler.Compiler().compile(build_cluster_pipeline(cfg, dataset_version), str(package_path))

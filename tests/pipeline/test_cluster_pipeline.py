@@ -19,9 +19,9 @@ PURE = ("ingest-op", "validate-op", "rebalance-op", "train-op", "evaluate-op")
 RETRIED = ("run-context-op", "pull-data-op", "open-run-op", "train-op", "evaluate-op", "close-run-op")
 
 
-def _compile(tmp_path, preset="ct-128", *overrides):
+def _compile(tmp_path, preset="ct-128", *overrides, dataset_version=None):
     out = tmp_path / "pipeline.yaml"
-    compile_pipeline(out, resolve(preset, list(overrides)))
+    compile_pipeline(out, resolve(preset, list(overrides)), dataset_version)
     spec, platform = yaml.safe_load_all(out.read_text())
     return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
@@ -184,3 +184,26 @@ def test_a_cluster_pipeline_without_a_shared_volume_is_not_compiled(tmp_path):
     with pytest.raises(ConfigError, match="kubernetes.heavy_memory"):
         resolve("ct-128", ["kubernetes.heavy_memory=a lot"])
     assert not (tmp_path / "p.yaml").exists()
+
+
+LINEAGE = {"tracked": True, "md5": "0123456789abcdef0123456789abcdef.dir", "rev": "abc"}
+
+
+def _cache_keys(spec):
+    return {_base(n): t["cachingOptions"].get("cacheKey") for n, t in _all_tasks(spec).items()}
+
+
+def test_a_pinned_dataset_gives_the_pure_stages_a_cache_key_of_config_data_and_image(tmp_path):
+    """A rerun of unchanged data and config (same image) takes the pure stages from KFP's cache across runs."""
+    keys = _cache_keys(_compile(tmp_path, dataset_version=LINEAGE)[0])
+    assert {k for k, v in keys.items() if v} == set(PURE)
+    assert len(set(keys[k] for k in PURE)) == len(PURE) and all(keys[k].endswith(k.removesuffix("-op")) for k in PURE)
+    assert _cache_keys(_compile(tmp_path, dataset_version=LINEAGE)[0]) == keys  # deterministic
+    changed_data = _cache_keys(_compile(tmp_path, dataset_version={**LINEAGE, "md5": "f" * 32 + ".dir"})[0])
+    changed_config = _cache_keys(_compile(tmp_path, "ct-128", "train.steps=100", dataset_version=LINEAGE)[0])
+    for other in (changed_data, changed_config):
+        assert all(other[k] != keys[k] for k in PURE)
+    # the git revision alone does not change the data: same hash, same key
+    assert _cache_keys(_compile(tmp_path, dataset_version={**LINEAGE, "rev": "def"})[0]) == keys
+    # not pinned (a recurring run following a repository): KFP's own key, every input, so no cross-run hits
+    assert not any(_cache_keys(_compile(tmp_path)[0]).values())

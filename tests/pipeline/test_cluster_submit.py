@@ -178,6 +178,9 @@ def test_submit_starts_one_run_with_the_pinned_dataset_and_the_credentials_of_th
     spec = body["pipeline_spec"]
     assert spec["pipeline_spec"]["pipelineInfo"]["name"] == "medgan-ops"
     assert "exec-pull-data-op" in spec["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    # the pinned dataset gives the pure stages their cross-run cache key
+    train = spec["pipeline_spec"]["components"]["comp-exit-handler-1"]["dag"]["tasks"]["train-op"]
+    assert train["cachingOptions"]["enableCache"] is True and train["cachingOptions"]["cacheKey"].endswith("-train")
     assert "submitted run" in capsys.readouterr().out
     # a second submit reuses the experiment
     assert main(argv) == 0
