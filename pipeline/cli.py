@@ -39,7 +39,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     cfg = _config(args)
     check_train_config(cfg)  # a bad train setting fails now, not after ingest, validation and the split
     print(f"medgan: running preset {cfg.preset!r} on {args.data} (kfp local runner, CPU/GPU auto)", flush=True)
-    result = run_local(args.data, cfg, project_dir=args.project_dir)
+    result = run_local(args.data, cfg, project_dir=args.project_dir, reuse=args.reuse)
     gate = result.decision
     print("\n" + "=" * 72)
     print(f"run {result.run_key} finished")
@@ -284,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the whole pipeline locally (kfp local runner)")
     p.add_argument("--data", default="data", help="folder of DICOM files + labels.csv")
     p.add_argument("--project-dir", default=".", help="where runs/ (MLflow db, outputs) lives")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="take ingest..evaluate from an earlier run of the same DVC data, config and code (kfp's local cache)",
+    )
     with_config(p)
     p.set_defaults(func=cmd_run)
 

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from kfp import compiler, dsl, kubernetes
 from kfp.dsl import graph_component
@@ -119,11 +119,13 @@ def _stages(cfg: Config | None, data_dir, config_json, tracking_json, dataset_ve
     return Stages(opened, ingest, validate, rebalance, train, evaluate, register, promote, reject)
 
 
-def build_pipeline(cfg: Config | None = None) -> graph_component.GraphComponent:
+def build_pipeline(cfg: Config | None = None, cache: str = "") -> graph_component.GraphComponent:
     """The local pipeline for ``cfg``'s train launcher (``None``: the local launcher, as :data:`medgan_pipeline`).
 
     Runs still pass their whole config as ``config_json``; a run whose launcher or volume differs from the
-    compiled one fails in the train task with a message saying so.
+    compiled one fails in the train task with a message saying so. ``cache``: the pure stages' cache key
+    (:func:`cache_key`) for a run that reuses an earlier one's results (``medgan run --reuse``); "" sets no caching
+    options (the local runner then caches nothing).
     """
 
     @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
@@ -148,7 +150,9 @@ def build_pipeline(cfg: Config | None = None) -> graph_component.GraphComponent:
           8. gate: if the challenger wins, promote it to `champion`; else record the rejection. Both finalise the
              report.
         """
-        _stages(cfg, data_dir, config_json, tracking_json, dataset_version_json, cache_dir)
+        stages = _stages(cfg, data_dir, config_json, tracking_json, dataset_version_json, cache_dir)
+        if cache:
+            cache_stages(stages, cache)
 
     return medgan_pipeline
 
@@ -156,17 +160,40 @@ def build_pipeline(cfg: Config | None = None) -> graph_component.GraphComponent:
 medgan_pipeline = build_pipeline()
 
 
-def cache_key(cfg: Config, dataset_version: dict | None) -> str:
+def cache_key(cfg: Config, dataset_version: dict | None, code: str = BASE_IMAGE) -> str:
     """The cache key of the pure stages of a run of ``cfg`` on a pinned dataset ("" when it is not pinned).
 
     What determines their outputs: the resolved config (seeds included), the dataset's DVC hash and the code, named
-    by the image (tags must be immutable: a new build gets a new tag).
+    by ``code``: the image on a cluster (tags must be immutable: a new build gets a new tag), a digest of the source
+    for local runs (:func:`source_digest`).
     """
     md5 = str((dataset_version or {}).get("md5") or "")
     if not md5:
         return ""
-    state = json.dumps({"config": cfg.to_json(), "dataset": md5, "image": BASE_IMAGE}, sort_keys=True)
+    state = json.dumps({"config": cfg.to_json(), "dataset": md5, "code": code}, sort_keys=True)
     return "medgan-" + hashlib.sha256(state.encode()).hexdigest()[:32]
+
+
+def source_digest() -> str:
+    """A digest of the project's Python source (components/, pipeline/): the code of a local run."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted([*root.glob("components/**/*.py"), *root.glob("pipeline/**/*.py")]):
+        digest.update(f"{path.relative_to(root)}\0".encode() + path.read_bytes() + b"\0")
+    return "source:" + digest.hexdigest()
+
+
+def cache_stages(stages: Stages, key: str) -> None:
+    """Caching per task: never for side effects (the MLflow run, the registry); the pure stages under ``key``.
+
+    A cached stage does not run, so it logs nothing to the new MLflow run (the run that computed it holds those
+    logs). ``key`` "" leaves KFP's own key (every input, the tracking parameters and so the run key included).
+    """
+    for task in (stages.open_run, stages.register, stages.promote, stages.reject):
+        task.set_caching_options(enable_caching=False)
+    pure = {"ingest": stages.ingest, "validate": stages.validate, "rebalance": stages.rebalance}
+    for name, task in {**pure, "train": stages.train, "evaluate": stages.evaluate}.items():
+        task.set_caching_options(enable_caching=True, cache_key=f"{key}-{name}" if key else None)
 
 
 def build_cluster_pipeline(
@@ -326,14 +353,11 @@ def cluster_platform(
                 backoff_factor=2.0,
                 backoff_max_duration=kc.retry_backoff_max,
             )
-    # Side effects are never replayed from the cache: the data step (run-scoped folder), the run's MLflow run, the
-    # registry and the exit handler. The pure stages are cached under `key` when the dataset is pinned; a cached
-    # stage does not run, so it logs nothing to the new MLflow run (the run that computed it holds those logs).
-    for task in (context, pulled, stages.open_run, stages.register, stages.promote, stages.reject, closing):
+    # Side effects are never replayed from the cache: besides the stages', the data step (its folder is the run's)
+    # and the exit handler.
+    for task in (context, pulled, closing):
         task.set_caching_options(enable_caching=False)
-    pure = {"ingest": stages.ingest, "validate": stages.validate, "rebalance": stages.rebalance}
-    for name, task in {**pure, "train": stages.train, "evaluate": stages.evaluate}.items():
-        task.set_caching_options(enable_caching=True, cache_key=f"{key}-{name}" if key else None)
+    cache_stages(stages, key)
 
 
 def compile_pipeline(

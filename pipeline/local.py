@@ -97,11 +97,18 @@ def new_run_key() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
-def run_local(data_dir: str | os.PathLike[str], cfg: Config, project_dir: str | os.PathLike[str] = ".") -> LocalRun:
-    """Execute the whole DAG locally; raise ``MedganError`` with the failing stage's message on user errors."""
+def run_local(
+    data_dir: str | os.PathLike[str], cfg: Config, project_dir: str | os.PathLike[str] = ".", reuse: bool = False
+) -> LocalRun:
+    """Execute the whole DAG locally; raise ``MedganError`` with the failing stage's message on user errors.
+
+    ``reuse``: take ingest, validate, rebalance, train and evaluate from an earlier run of the same DVC-tracked data,
+    config and source code (kfp's local cache under ``runs/kfp-cache``) instead of recomputing them; the new run still
+    opens its MLflow run, registers and passes the gate, but the reused stages log nothing into it.
+    """
     from kfp import local
 
-    from pipeline.dag import medgan_pipeline
+    from pipeline.dag import build_pipeline, cache_key, medgan_pipeline, source_digest
 
     data = Path(data_dir).resolve()
     preflight(data)
@@ -123,9 +130,19 @@ def run_local(data_dir: str | os.PathLike[str], cfg: Config, project_dir: str | 
     os.environ["MEDGAN_ERROR_FILE"] = str(error_file)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(runs / "kfp"), raise_on_error=True)
+    key = cache_key(cfg, lineage, source_digest()) if reuse else ""
+    if reuse and not key:
+        print(f"medgan: {data} is not tracked by DVC: nothing to reuse, every stage runs", file=sys.stderr, flush=True)
+    pipeline = build_pipeline(cache=key) if key else medgan_pipeline
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(runs / "kfp"),
+        raise_on_error=True,
+        enable_caching=bool(key),
+        cache_root=str(runs / "kfp-cache"),
+    )
     try:
-        medgan_pipeline(
+        pipeline(
             data_dir=str(data),
             config_json=cfg.to_json(),
             tracking_json=json.dumps(tracking),
