@@ -44,8 +44,12 @@ def close_run_op(tracking_json: str, run_id: str, staging_dir: str, status: dsl.
     from components.train.kubernetes import staged_run
 
     with reported("exit-handler"):
-        if staging_dir:
-            shutil.rmtree(staged_run(staging_dir, run_id).root / DATA_FOLDER, ignore_errors=True)
+        if staging_dir:  # the pulled copy and its lineage record; a failed training job's checkpoints stay
+            root = staged_run(staging_dir, run_id).root
+            shutil.rmtree(root / DATA_FOLDER, ignore_errors=True)
+            (root / f"{DATA_FOLDER}.lineage.yaml").unlink(missing_ok=True)
+            if root.is_dir() and not any(root.iterdir()):
+                root.rmdir()
         tracking = cluster_tracking(json.loads(tracking_json), run_id)
         done = finish_run(tracking, status.state, status.error_message or "")
         print(f"[exit-handler] {status.pipeline_task_name}: {status.state}; {done}", file=sys.stderr, flush=True)

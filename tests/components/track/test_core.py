@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -36,3 +38,25 @@ def test_the_exit_handler_ends_a_failed_runs_mlflow_run_failed(tracking):
     assert "pipeline exit handler" in closed and "the job failed" in closed
     # a second pass (a retried exit handler) finds it ended
     assert finish_run(tracking, "FAILED")["action"] == "none"
+
+
+def test_the_exit_handler_component_removes_the_pulled_copy_and_keeps_checkpoints(tracking, tmp_path):
+    from kfp import dsl
+
+    from components.track.component import close_run_op
+
+    root = tmp_path / "volume/pipeline-runs/run-1"
+    (root / "dicom/sub").mkdir(parents=True)
+    (root / "dicom.lineage.yaml").write_text("md5: x\n")
+    status = dsl.PipelineTaskFinalStatus("SUCCEEDED", "runs/run-1", "medgan-ops", None, None)
+    out = close_run_op.python_func(
+        tracking_json=json.dumps(tracking), run_id="run-1", staging_dir=str(root.parent), status=status
+    )
+    assert json.loads(out)["action"] == "none" and not root.exists()
+    # a failed run's folder keeps what a retry needs (the training job's checkpoints)
+    (root / "dicom").mkdir(parents=True)
+    (root / "model").mkdir()
+    failed = dsl.PipelineTaskFinalStatus("FAILED", "runs/run-1", "medgan-ops", 1, "train-op failed")
+    args = {"tracking_json": json.dumps(tracking), "run_id": "run-1", "staging_dir": str(root.parent)}
+    close_run_op.python_func(**args, status=failed)
+    assert sorted(p.name for p in root.iterdir()) == ["model"]
