@@ -60,10 +60,26 @@ def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
     return float(diff @ diff + tr - 2.0 * nuclear)
 
 
-def fid_metric(real: np.ndarray, fake: np.ndarray, resamples: int = 0, seed: int = 0, **_: object) -> dict[str, float]:
-    """Registry entry: FID with a bootstrap confidence interval (``value``, ``ci_low``, ``ci_high``)."""
+def fid_metric(
+    real: np.ndarray,
+    fake: np.ndarray,
+    resamples: int = 0,
+    seed: int = 0,
+    real_groups: np.ndarray | None = None,
+    **_: object,
+) -> dict[str, float]:
+    """Registry entry: FID with a bootstrap confidence interval (``value``, ``ci_low``, ``ci_high``).
+
+    ``real_groups`` (the patient of each real row) makes the real side a cluster bootstrap.
+    """
     value = fid_from_features(real, fake)
     low, high = bootstrap_ci(
-        lambda i, j: fid_from_features(real[i], fake[j]), len(real), len(fake), resamples, seed, value
+        lambda i, j: fid_from_features(real[i], fake[j]),
+        len(real),
+        len(fake),
+        resamples,
+        seed,
+        value,
+        real_groups=real_groups,
     )
     return {"value": value, "ci_low": max(low, 0.0), "ci_high": high}

@@ -58,17 +58,23 @@ def kid_metric(
     seed: int = 0,
     kid_subset_size: int = 1000,
     kid_subsets: int = 100,
+    real_groups: np.ndarray | None = None,
     **_: object,
 ) -> dict[str, float]:
-    """Registry entry: KID with a bootstrap confidence interval (``value``, ``ci_low``, ``ci_high``)."""
+    """Registry entry: KID with a bootstrap confidence interval (``value``, ``ci_low``, ``ci_high``).
+
+    ``real_groups`` (the patient of each real row) makes the real side a cluster bootstrap.
+    """
     value = kid_from_features(real, fake, kid_subset_size, kid_subsets, seed)
     rng = np.random.default_rng(seed + 1)
     x = np.asarray(fake, dtype=np.float64)
     y = np.asarray(real, dtype=np.float64)
+    groups = None if real_groups is None else np.asarray(real_groups)
     if len(x) > BOOTSTRAP_MAX_SAMPLES:
         x = x[rng.choice(len(x), BOOTSTRAP_MAX_SAMPLES, replace=False)]
     if len(y) > BOOTSTRAP_MAX_SAMPLES:
-        y = y[rng.choice(len(y), BOOTSTRAP_MAX_SAMPLES, replace=False)]
+        keep = rng.choice(len(y), BOOTSTRAP_MAX_SAMPLES, replace=False)
+        y, groups = y[keep], None if groups is None else groups[keep]
     low = high = float("nan")
     if len(x) >= 2 and len(y) >= 2:
         kxx, kyy, kxy = _kernel(x, x), _kernel(y, y), _kernel(x, y)
@@ -78,5 +84,5 @@ def kid_metric(
             wx = np.bincount(j, minlength=len(x)).astype(np.float64)
             return _weighted_mmd2(kxx, kyy, kxy, wx, wy)
 
-        low, high = bootstrap_ci(statistic, len(y), len(x), resamples, seed, value)
+        low, high = bootstrap_ci(statistic, len(y), len(x), resamples, seed, value, real_groups=groups)
     return {"value": value, "ci_low": low, "ci_high": high}

@@ -16,7 +16,8 @@ All four are 1 for two large samples of one distribution (density ~1) and fall t
 misses the real one. They depend on k and on the sample sizes, so compare runs at equal ``eval.manifold_k`` and
 ``eval.fid_samples``. At most :data:`MAX_SAMPLES` rows per side are used (a seeded subset; memory is quadratic).
 
-The bootstrap resamples rows with replacement; a repeated row would otherwise shrink the k-NN radii to 0, so the
+The bootstrap resamples rows with replacement (real rows patient by patient when their patients are given, as in
+:func:`components.metrics.bootstrap.row_sampler`); a repeated row would otherwise shrink the k-NN radii to 0, so the
 balls are built on a resample's distinct rows and the repeats act as weights in the averages (over synthetic rows
 for precision and density, over real rows for recall and coverage).
 """
@@ -27,7 +28,7 @@ import hashlib
 
 import numpy as np
 
-from components.metrics.bootstrap import centred_interval
+from components.metrics.bootstrap import centred_interval, n_groups, row_sampler
 
 NAMES = ("precision", "recall", "density", "coverage")
 MAX_SAMPLES = 2048
@@ -75,35 +76,46 @@ def _digest(*arrays: np.ndarray, extra: tuple = ()) -> str:
 
 
 def manifold_metrics(
-    real: np.ndarray, fake: np.ndarray, k: int = 5, resamples: int = 0, seed: int = 0
+    real: np.ndarray,
+    fake: np.ndarray,
+    k: int = 5,
+    resamples: int = 0,
+    seed: int = 0,
+    real_groups: np.ndarray | None = None,
 ) -> dict[str, dict[str, float]]:
     """All four metrics with centred bootstrap intervals: ``{name: {"value", "ci_low", "ci_high"}}`` (a new dict).
 
-    ``nan`` where a side has at most ``k`` distinct rows (no k-th neighbour).
+    ``nan`` where a side has at most ``k`` distinct rows (no k-th neighbour). ``real_groups`` (the patient of each
+    real row) makes the real side of the bootstrap a cluster bootstrap; fewer than 2 patients give no interval.
     """
     if k < 1:
         raise ValueError(f"eval.manifold_k must be at least 1, got {k}")
     real, fake = np.asarray(real, dtype=np.float64), np.asarray(fake, dtype=np.float64)
-    key = _digest(real, fake, extra=(k, resamples, seed))
+    groups = None if real_groups is None else np.asarray(real_groups).astype(str)
+    key = _digest(real, fake, extra=(k, resamples, seed, None if groups is None else tuple(groups)))
     if key not in _cache:
         _cache.clear()
-        _cache[key] = _compute(real, fake, k, resamples, seed)
+        _cache[key] = _compute(real, fake, k, resamples, seed, groups)
     return {name: dict(res) for name, res in _cache[key].items()}  # callers may change theirs
 
 
-def _compute(real: np.ndarray, fake: np.ndarray, k: int, resamples: int, seed: int) -> dict[str, dict[str, float]]:
+def _compute(
+    real: np.ndarray, fake: np.ndarray, k: int, resamples: int, seed: int, groups: np.ndarray | None = None
+) -> dict[str, dict[str, float]]:
     """:func:`manifold_metrics` without the cache."""
     rng = np.random.default_rng(seed)
     if len(real) > MAX_SAMPLES:
-        real = real[np.sort(rng.choice(len(real), MAX_SAMPLES, replace=False))]
+        keep = np.sort(rng.choice(len(real), MAX_SAMPLES, replace=False))
+        real, groups = real[keep], None if groups is None else groups[keep]
     if len(fake) > MAX_SAMPLES:
         fake = fake[np.sort(rng.choice(len(fake), MAX_SAMPLES, replace=False))]
     d_rr, d_ff, d_rf = _sq_distances(real, real), _sq_distances(fake, fake), _sq_distances(real, fake)
     n, m = len(real), len(fake)
     point = _estimate(d_rr, d_ff, d_rf, np.arange(n), np.arange(m), k)
+    draw_real, draw_fake = row_sampler(n, groups), row_sampler(m)
     draws = (
-        [_estimate(d_rr, d_ff, d_rf, rng.integers(0, n, n), rng.integers(0, m, m), k) for _ in range(resamples)]
-        if resamples > 0 and n > 0 and m > 0
+        [_estimate(d_rr, d_ff, d_rf, draw_real(rng), draw_fake(rng), k) for _ in range(resamples)]
+        if resamples > 0 and n > 0 and m > 0 and n_groups(groups, n) >= 2
         else []
     )
     out = {}
@@ -115,9 +127,15 @@ def _compute(real: np.ndarray, fake: np.ndarray, k: int, resamples: int, seed: i
 
 def _registry_entry(name: str):
     def metric(
-        real: np.ndarray, fake: np.ndarray, resamples: int = 0, seed: int = 0, manifold_k: int = 5, **_: object
+        real: np.ndarray,
+        fake: np.ndarray,
+        resamples: int = 0,
+        seed: int = 0,
+        manifold_k: int = 5,
+        real_groups: np.ndarray | None = None,
+        **_: object,
     ) -> dict[str, float]:
-        return manifold_metrics(real, fake, manifold_k, resamples, seed)[name]
+        return manifold_metrics(real, fake, manifold_k, resamples, seed, real_groups)[name]
 
     metric.__name__ = f"{name}_metric"
     metric.__doc__ = f"Registry entry: k-NN {name} with a bootstrap confidence interval (see the module docstring)."
