@@ -39,7 +39,11 @@ FAMILIES = {
     "collapse (components/metrics/collapse.py)": Family(
         ("diversity_ratio", "lesion_spread_ratio"), ci=False, per_class=True
     ),
-    "collapse summaries": Family(("min_class_diversity_ratio", "max_class_diversity_ratio"), ci=False, per_class=False),
+    "collapse summaries": Family(
+        ("min_class_diversity_ratio", "max_class_diversity_ratio", "diversity_ratio_weighted"),
+        ci=False,
+        per_class=False,
+    ),
     "mask consistency (components/metrics/consistency.py)": Family(
         ("mask_contrast_gap", "mask_label_mismatch"), ci=False, per_class=False
     ),
@@ -58,6 +62,9 @@ FAMILIES = {
         ("fid_improvement",), ci=True, per_class=False
     ),
     "champion scored here": Family(("champion_fid", "champion_version"), ci=False, per_class=False),
+    "snapshot selection against the final model (components/evaluate/uncertainty.py)": Family(
+        ("selection_fid_gap",), ci=True, per_class=False
+    ),
 }
 
 

@@ -6,16 +6,21 @@
    ``<name>_``), each with the held-out real reference; the synthetic class mix follows the real training split;
    FID over training from the trainer's snapshots (:mod:`.curve`), with per-class collapse ratios from the same
    samples; with ``eval.select_snapshot=best_fid`` every metric scores the snapshot (or final model) of lowest FID
-   on the val split (:mod:`.selection`), written as ``generator.pt`` for the register stage;
+   on the val split (:mod:`.selection`), written as ``generator.pt`` for the register stage, with a paired test of
+   whether it beats the final model beyond noise (:mod:`.uncertainty`, ``selection_fid_gap``). The headline samples
+   draw latents of their own (seed stream ``headline``), not the ones the selection chose on; every interval
+   resamples the real side by patient (cluster bootstrap), since slices of one patient are correlated;
 2. utility: Dice on real test patients of a segmentation net trained per arm (``eval.seg_arms``: real, weighted
    sampler, class-weighted loss, real + synthetic, synthetic only) and seed, the same steps for every arm, with
    paired patient-level bootstrap intervals, false positives on lesion-free slices and a floor under which the
    real-only baseline makes the comparison uninformative (:func:`dice_comparison`);
 3. consistency: do generated masks sit on lesions, and do they agree with the class? collapse: is every class as
    varied as its real images, its lesions as spread out (:mod:`components.metrics.collapse`)?
-4. privacy: nearest-real-neighbour memorization audit;
+4. privacy: nearest-real-neighbour memorization audit; interpretability for the report: per-class latent
+   interpolations and saliency maps of the training checkpoint's discriminator (:mod:`.interpret`);
 5. outputs: ``metrics.json`` (flat metrics, the gate reads them, plus ``extractors``: the identity of every feature
-   space that produced a value), ``report.json`` + ``report.html`` (the review report, with the validate stage's
+   space that produced a value, with its sample counts and reference-set hashes: :mod:`.provenance`),
+   ``report.json`` + ``report.html`` (the review report, with the validate stage's
    results and rebalance's split check), and the same metrics in MLflow under ``eval/`` (the FID and collapse curves
    by training step, the feature spaces as ``eval.extractor.*`` run tags).
 
@@ -27,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 from dataclasses import asdict
@@ -42,9 +46,12 @@ from components.archive import Archive, open_archive
 from components.config import Config
 from components.errors import ConfigError, DataError
 from components.evaluate.curve import candidate_features, fid_curve
+from components.evaluate.interpret import across_patients, interpretability
+from components.evaluate.provenance import champion_spaces, counts_per_class, space_provenance
 from components.evaluate.report import atomic_write_text, json_safe, pair_grid, png_base64, write_report
 from components.evaluate.selection import choose_generator
-from components.evaluate.spaces import EXTRACTORS_KEY, HOLDOUT, extractor_tags, prefixed, space_prefix
+from components.evaluate.spaces import EXTRACTORS_KEY, HOLDOUT, extractor_tags, prefixed, scope_name, space_prefix
+from components.evaluate.uncertainty import selection_gap
 from components.metrics import METRICS, compute_metric
 from components.metrics.collapse import SUMMARIES, class_statistics, collapse_ratios
 from components.metrics.consistency import consistency_report, pair_statistics
@@ -75,6 +82,8 @@ MAX_CURVE_POINTS = 400
 VOLATILE = ("train_seconds", "from_cache")  # extractor facts that differ between identical evaluations
 SPLIT_COLUMNS = ("index", "sample_id", "patient", "label", "split")
 NAN_CI = (float("nan"), float("nan"))
+# metrics of the memorization audit, computed in the primary feature space (named in its identity's "also")
+AUDIT_KEYS = ("nn_copy_fraction", "nn_similarity_max", "nn_similarity_mean", "nn_real_baseline_median")
 
 
 def synthetic_label_plan(counts: list[int], total: int, min_per_class: int = MIN_PER_CLASS) -> np.ndarray:
@@ -96,7 +105,7 @@ def synthetic_label_plan(counts: list[int], total: int, min_per_class: int = MIN
 
 def metric_key(name: str, cls: str | None = None) -> str:
     """Flat metric key: ``name`` overall, ``name.<class>`` per class (class sanitised for MLflow)."""
-    return name if cls is None else f"{name}.{re.sub(r'[^A-Za-z0-9_-]', '_', cls)}"
+    return name if cls is None else f"{name}.{scope_name(cls)}"
 
 
 def check_split(split: pd.DataFrame, split_dir: str | os.PathLike[str], n_archive: int) -> pd.DataFrame:
@@ -157,20 +166,25 @@ def distribution_metrics(
     classes: list[str],
     options: dict[str, Any],
     seed: int,
+    real_groups: np.ndarray | None = None,
 ) -> tuple[dict[str, float], list[str]]:
-    """Every registered metric overall and per class, as flat keys; plus notes on what could not be computed."""
+    """Every registered metric overall and per class, as flat keys; plus notes on what could not be computed.
+
+    ``real_groups`` (the patient of each real row) makes every interval's real side a cluster bootstrap over patients.
+    """
     out: dict[str, float] = {}
     notes: list[str] = []
-    scopes: list[tuple[str | None, np.ndarray, np.ndarray]] = [(None, real, fake)]
+    groups = None if real_groups is None else np.asarray(real_groups)
+    scopes: list[tuple[str | None, np.ndarray, np.ndarray, np.ndarray | None]] = [(None, real, fake, groups)]
     for k, cls in enumerate(classes):
         r, f = real[real_labels == k], fake[fake_labels == k]
         if min(len(r), len(f)) < 2:
             notes.append(f"class {cls}: {len(r)} real / {len(f)} synthetic samples, too few for {'/'.join(METRICS)}")
             continue
-        scopes.append((cls, r, f))
+        scopes.append((cls, r, f, None if groups is None else groups[real_labels == k]))
     for name in METRICS:
-        for cls, r, f in scopes:
-            res = compute_metric(name, r, f, options, seed)
+        for cls, r, f, g in scopes:
+            res = compute_metric(name, r, f, {**options, "real_groups": g}, seed)
             out[metric_key(name, cls)] = res["value"]
             out[metric_key(f"{name}_ci_low", cls)] = res["ci_low"]
             out[metric_key(f"{name}_ci_high", cls)] = res["ci_high"]
@@ -224,29 +238,49 @@ def extra_space_metrics(
     options: dict[str, Any],
     seed: int,
     cache_dir: str | os.PathLike[str] | None,
+    real_groups: np.ndarray | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> tuple[dict[str, float], list[str], dict[str, Any]]:
     """Every registered metric (overall, per class, held-out reference) in a secondary feature space.
 
     ``images`` are the real train, val (None: fewer than 2) and synthetic images, ``labels`` the train and synthetic
-    class indices. Returns the prefixed flat metrics, the notes and the space's identity.
+    class indices, ``real_groups`` the train images' patients (cluster bootstrap) and ``provenance`` the identity
+    fields the spaces share (:func:`components.evaluate.provenance.space_provenance`). Returns the prefixed flat
+    metrics, the notes and the space's identity.
     """
     real, val, fake = images
     prefix = space_prefix(extractor.name)
     real_feats = extract_features(extractor, real, cache_dir=cache_dir, progress=False)
     val_feats = extract_features(extractor, val, cache_dir=cache_dir, progress=False) if val is not None else None
     fake_feats = extract_features(extractor, fake, progress=False)
-    metrics, notes = distribution_metrics(real_feats, labels[0], fake_feats, labels[1], classes, options, seed)
+    metrics, notes = distribution_metrics(
+        real_feats, labels[0], fake_feats, labels[1], classes, options, seed, real_groups
+    )
     metrics.update(holdout_metrics(real_feats, val_feats, options, seed))
     n_val = 0 if val is None else len(val)
-    identity = extractor_identity(extractor, "extra", prefix, len(real), len(fake), n_val)
+    identity = {**extractor_identity(extractor, "extra", prefix, len(real), len(fake), n_val), **(provenance or {})}
     return prefixed(metrics, prefix), notes, identity
 
 
-def collapse_metrics(consistency: dict[str, Any]) -> dict[str, float]:
-    """Flat collapse metrics of a consistency report: the summaries and the per-class ratios."""
+def collapse_metrics(consistency: dict[str, Any], weights: dict[str, int] | None = None) -> dict[str, float]:
+    """Flat collapse metrics of a consistency report: the summaries and the per-class ratios.
+
+    With ``weights`` (per class: the smaller of its real and synthetic sample counts) also
+    ``diversity_ratio_weighted``, the per-class diversity ratios averaged with those weights: the plain mean
+    (``diversity_ratio``) lets a class of 4 synthetic samples, whose spread is mostly noise, count as much as one of
+    90 and can read 0.7 while the large classes collapsed.
+    """
     out = {name: consistency[name] for name in SUMMARIES}
     for cls, ratios in consistency["per_class"].items():
         out.update({metric_key(name, cls): value for name, value in ratios.items()})
+    if weights is not None:
+        pairs = [
+            (float(weights.get(cls, 0)), r["diversity_ratio"])
+            for cls, r in consistency["per_class"].items()
+            if np.isfinite(r.get("diversity_ratio", np.nan))
+        ]
+        total = sum(w for w, _ in pairs)
+        out["diversity_ratio_weighted"] = sum(w * r for w, r in pairs) / total if total > 0 else float("nan")
     return out
 
 
@@ -429,22 +463,34 @@ def report_images(
     classes: list[str],
     top_pairs: list[dict[str, Any]],
     real_ids: np.ndarray,
+    real_patients: np.ndarray | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The report's pictures: per-class sample grids (synthetic and real) and the nearest-neighbour pairs.
 
     ``real`` and ``fake`` are (images, masks, label indices); ``top_pairs`` come from the memorization audit and
-    ``real_ids`` are the sample ids of the real rows.
+    ``real_ids`` are the sample ids of the real rows. With ``real_patients`` (the patient of each real row) a class's
+    real grid takes one slice per patient in turn (:func:`components.evaluate.interpret.across_patients`), not its
+    first rows, which are consecutive slices of one patient.
     """
     samples = []
     for k, cls in enumerate(classes):
         f = np.flatnonzero(fake[2] == k)[:REPORT_SAMPLES]
-        r = np.flatnonzero(real[2] == k)[:REPORT_SAMPLES]
+        r = np.flatnonzero(real[2] == k)
+        if real_patients is None:
+            r = r[:REPORT_SAMPLES]
+        else:
+            r = across_patients(r, np.asarray(real_patients)[r], REPORT_SAMPLES)
         if len(f) or len(r):
             samples.append(
                 {
                     "class": cls,
                     "synthetic": png_base64(pair_grid(fake[0][f], fake[1][f])),
                     "real": png_base64(pair_grid(real[0][r], real[1][r])),
+                    "n_synthetic": int(len(f)),
+                    "n_real": int(len(r)),
+                    "n_real_patients": None
+                    if real_patients is None
+                    else len(set(np.asarray(real_patients)[r].astype(str).tolist())),
                 }
             )
     neighbours = [
@@ -584,7 +630,8 @@ def evaluate(
     classes, lesion = archive.classes, archive.lesion_classes
     split = check_split(load_split(split_dir), split_dir, len(archive))
     device = pick_device(cfg.train.device)
-    seeds = _seeds(cfg.seed, "fid", "metrics", "seg_synth", "seg")
+    # new streams go last: the earlier ones keep their values
+    seeds = _seeds(cfg.seed, "fid", "metrics", "seg_synth", "seg", "champion", "headline", "interpret")
 
     generator, gmeta = load_generator(model_dir, device=device)
     if list(gmeta.get("classes", classes)) != classes:
@@ -602,6 +649,8 @@ def evaluate(
     # the real train split: every headline metric's real side, and all a fitted feature space may learn from
     fit = train_split_data(archive, split)
     real_images, real_masks, real_labels = fit.images, fit.masks, fit.labels
+    patient_of = split.set_index("index")["patient"]
+    train_patients = patient_of.loc[train_idx].to_numpy()  # intervals resample patients: slices are correlated
     counts = np.bincount(real_labels, minlength=len(classes)).tolist()
     fake_labels = synthetic_label_plan(counts, ev.fid_samples)
     extractor = get_extractor(ev.feature_extractor, device, fit=fit, cache_dir=cache_dir)
@@ -620,6 +669,7 @@ def evaluate(
     val_idx = split_rows(split, "val")
     val_images = np.asarray(archive.images[val_idx], dtype=np.float32) if len(val_idx) >= 2 else None
     val_feats = extract_features(extractor, val_images, cache_dir=cache_dir) if val_images is not None else None
+    val_patients = patient_of.loc[val_idx].to_numpy()
     timings["features_real"] = time.perf_counter() - clock
 
     # collapse statistics of the real pairs, which every candidate's curve samples and the headline's are read against
@@ -644,16 +694,36 @@ def evaluate(
         "notes": [],
     }
     candidates, chosen_path, model_meta = None, None, gmeta
+    metrics_selection: dict[str, float] = {}
     if ev.select_snapshot == "best_fid":
         candidates = candidate_features(*curve_inputs, **curve_options)  # the curve's samples: scored on val here
         chosen_path = choose_generator(candidates, selection, {"val": val_feats, "train": real_feats})
         if selection["selected_step"] != final_step:
             generator, model_meta = load_generator(chosen_path, device=device)
+        # does the winner beat the final model beyond noise? paired over the same latents, patients resampled
+        on_val = selection.get("real_split", "val") == "val"
+        selection["gap"] = selection_gap(
+            candidates,
+            selection["selected_step"],
+            val_feats if on_val else real_feats,
+            val_patients if on_val else train_patients,
+            ev.bootstrap,
+            seeds["metrics"],
+        )
+        if selection["gap"].get("compared"):
+            gap = selection["gap"]
+            metrics_selection = {
+                "selection_fid_gap": gap["gap"],
+                "selection_fid_gap_ci_low": gap["ci"][0],
+                "selection_fid_gap_ci_high": gap["ci"][1],
+            }
     timings["selection"] = time.perf_counter() - clock
 
     # 1. fidelity ------------------------------------------------------------------------------------------------
+    # The headline samples have latents of their own: the selection chose its snapshot on the "fid" stream's latents,
+    # and scoring the winner on the same latents would favour it.
     clock = time.perf_counter()
-    fake_images, fake_masks = generate(generator, fake_labels, seed=seeds["fid"])
+    fake_images, fake_masks = generate(generator, fake_labels, seed=seeds["headline"])
     timings["generate"] = time.perf_counter() - clock
     clock = time.perf_counter()
     fake_feats = extract_features(extractor, fake_images)
@@ -661,11 +731,19 @@ def evaluate(
     clock = time.perf_counter()
     options = asdict(ev)
     metrics, notes = distribution_metrics(
-        real_feats, real_labels, fake_feats, fake_labels, classes, options, seeds["metrics"]
+        real_feats, real_labels, fake_feats, fake_labels, classes, options, seeds["metrics"], train_patients
     )
     metrics.update(holdout_metrics(real_feats, val_feats, options, seeds["metrics"]))
+    metrics.update(metrics_selection)
     n_val = 0 if val_feats is None else len(val_feats)
-    spaces = {extractor.name: extractor_identity(extractor, "primary", "", len(real_feats), len(fake_feats), n_val)}
+    provenance = space_provenance((real_images, real_labels, train_patients), fake_labels, val_images, classes)
+    spaces = {
+        extractor.name: {
+            **extractor_identity(extractor, "primary", "", len(real_feats), len(fake_feats), n_val),
+            **provenance,
+            "also": list(AUDIT_KEYS),  # the memorization audit runs in this space too
+        }
+    }
     timings["distribution_metrics"] = time.perf_counter() - clock
     for extra in extras:  # the same metrics in every further feature space, from the same images
         clock = time.perf_counter()
@@ -677,6 +755,8 @@ def evaluate(
             options,
             seeds["metrics"],
             cache_dir,
+            real_groups=train_patients,
+            provenance=provenance,
         )
         metrics.update(extra_metrics)
         notes += [n for n in extra_notes if n not in notes]
@@ -684,9 +764,8 @@ def evaluate(
     clock = time.perf_counter()
     metrics["selected_step"] = float(selection["selected_step"])
     metrics["final_step"] = float(final_step)
-    if candidates is None:  # no selection: the final model's curve samples are the headline's
-        final = {"final_feats": fake_feats, "final_samples": (fake_images, fake_masks)}
-        candidates = candidate_features(*curve_inputs, **curve_options, **final)
+    if candidates is None:  # no selection: the curve's own samples (the headline's latents are another stream)
+        candidates = candidate_features(*curve_inputs, **curve_options)
     curve = fid_curve(candidates, real_feats)
     timings["fid_curve"] = time.perf_counter() - clock
 
@@ -736,7 +815,8 @@ def evaluate(
     )
     metrics["mask_contrast_gap"] = consistency["contrast_gap"]
     metrics["mask_label_mismatch"] = consistency["label_mismatch"]
-    metrics.update(collapse_metrics(consistency))
+    sizes = counts_per_class(fake_labels, classes), counts_per_class(real_labels, classes)
+    metrics.update(collapse_metrics(consistency, {c: min(sizes[0][c], sizes[1][c]) for c in classes}))
     for cls, stats in consistency["synthetic"].items():
         metrics[metric_key("mask_contrast_synth", cls)] = stats["contrast"]
         metrics[metric_key("mask_contrast_real", cls)] = consistency["real"].get(cls, {}).get("contrast", np.nan)
@@ -764,6 +844,20 @@ def evaluate(
     metrics.update(trust)
     timings["trust"] = time.perf_counter() - clock
 
+    # interpretability: latent walks per class, where the discriminator looks (a handful of samples: < 1 s on a CPU)
+    clock = time.perf_counter()
+    interpret = interpretability(
+        generator,
+        model_dir,
+        (real_images, real_masks, real_labels, train_patients),
+        (fake_images, fake_masks, fake_labels),
+        classes,
+        seeds["interpret"],
+        device,
+        int(selection["selected_step"]),
+    )
+    timings["interpretability"] = time.perf_counter() - clock
+
     # 6. outputs ---------------------------------------------------------------------------------------------
     stable = {name: {k: v for k, v in ident.items() if k not in VOLATILE} for name, ident in spaces.items()}
     metrics = json_safe({**metrics, EXTRACTORS_KEY: stable})
@@ -773,6 +867,7 @@ def evaluate(
         classes,
         audit["top"],
         archive.manifest["sample_id"].to_numpy()[train_idx],
+        train_patients,
     )
     distribution = {
         s: {
@@ -815,6 +910,8 @@ def evaluate(
         "losses": _losses(model_dir),
         "fid_curve": {**curve, "n_samples_headline": len(fake_labels)},
         "selection": selection,
+        "champion_registry": champion_spaces((tracking or {}).get("tracking_uri"), cfg.registry.model_name),
+        "interpretability": interpret,
         "topup": {"built": True, **topup[0]} if topup is not None else {"built": False, "strategy": cfg.split.strategy},
         "class_distribution": distribution,
         "validation": validation,

@@ -3,8 +3,9 @@
 The primary space (``eval.feature_extractor``) keeps the plain keys (``fid``, ``precision.<class>``, ...); every
 ``eval.extra_extractors`` space gets its name as a key prefix (``medical_fid``), its held-out reference
 ``holdout_medical_fid``. ``metrics.json`` carries, under :data:`EXTRACTORS_KEY`, each space's identity (role, key
-prefix, weights fingerprint, dimension, real / synthetic / held-out sample counts, and for a fitted extractor its
-training provenance); MLflow run tags and registry version tags repeat the main fields (:func:`extractor_tags`).
+prefix, weights fingerprint, dimension, real / synthetic / held-out sample counts, the reference sets' content hashes
+and how intervals resample (:mod:`components.evaluate.provenance`), and for a fitted extractor its training
+provenance); MLflow run tags and registry version tags repeat the main fields (:func:`extractor_tags`).
 Kept free of torch so that the register stage can use it.
 """
 
@@ -15,7 +16,26 @@ from typing import Any
 
 EXTRACTORS_KEY = "extractors"  # the one non-scalar entry of metrics.json
 HOLDOUT = "holdout_"  # prefix of the held-out real reference of a metric (evaluate.core.holdout_metrics)
-TAG_FIELDS = ("role", "prefix", "fingerprint", "dim", "n_real", "n_fake", "n_holdout", "rows_sha256", "data_sha256")
+TAG_FIELDS = (
+    "role",
+    "prefix",
+    "fingerprint",
+    "dim",
+    "n_real",
+    "n_fake",
+    "n_holdout",
+    "n_patients",
+    "reference_sha256",
+    "holdout_sha256",
+    "resampling",
+    "rows_sha256",
+    "data_sha256",
+)
+
+
+def scope_name(cls: str) -> str:
+    """A class name as it appears in per-class metric keys (``fid.<class>``): sanitised for MLflow."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", cls)
 
 
 def space_prefix(name: str) -> str:
@@ -38,5 +58,5 @@ def extractor_tags(metrics: dict[str, Any], prefix: str) -> dict[str, str]:
         for name, identity in spaces.items()
         if isinstance(identity, dict)
         for field in TAG_FIELDS
-        if field in identity
+        if identity.get(field) is not None
     }

@@ -98,7 +98,7 @@ def test_dice_comparison_without_synthetic_pairs_skips_those_arms():
     """An empty top-up (every candidate rejected) leaves the synthetic arms undefined, never fails the evaluation."""
     from components.config import SEG_ARMS, resolve
     from components.evaluate.core import SKIPPED, dice_comparison
-    from components.evaluate.report import _dice
+    from components.evaluate.report import render_report
 
     cfg = resolve("tiny", [f"eval.seg_arms={','.join(SEG_ARMS)}", "eval.seg_seeds=1", "eval.seg_steps=2"])
     images, masks, labels, _ = lesion_slices(18, seed=1)
@@ -111,7 +111,7 @@ def test_dice_comparison_without_synthetic_pairs_skips_those_arms():
         assert np.isnan(metrics[name]), name
     assert np.isfinite(metrics["dice_real"]) and section["n_synthetic"] == 0
     assert {g["verdict"] for g in section["gains"] if g["arm"] in ("real+synthetic", "synthetic")} == {SKIPPED}
-    html = _dice({"dice": section})
+    html = render_report({"dice": section})
     assert "Arm real+synthetic was not trained" in html and "not measured: the top-up holds no pairs" in html
 
 
@@ -129,14 +129,66 @@ def test_seg_config_is_checked():
         resolve("quickstart", ['registry.gate=[{"name": "fid", "mode": "lower"}]'])
 
 
+def test_new_seed_streams_leave_the_earlier_ones_unchanged():
+    from components.evaluate.core import _seeds
+
+    before = _seeds(0, "fid", "metrics", "seg_synth", "seg", "champion")
+    now = _seeds(0, "fid", "metrics", "seg_synth", "seg", "champion", "headline", "interpret")
+    assert {k: now[k] for k in before} == before
+    assert len(set(now.values())) == len(now)  # the headline's latents are not the selection's ("fid")
+
+
+def test_collapse_weights_classes_by_their_samples():
+    """diversity_ratio is a plain mean that a class of 4 samples moves as much as one of 90; the weighted one not."""
+    from components.evaluate.core import collapse_metrics
+
+    consistency = {
+        "diversity_ratio": 0.7,
+        "min_class_diversity_ratio": 0.3,
+        "max_class_diversity_ratio": 1.3,
+        "lesion_spread_ratio": 0.5,
+        "per_class": {"normal": {"diversity_ratio": 0.3}, "rare": {"diversity_ratio": 1.1}},
+    }
+    out = collapse_metrics(consistency, {"normal": 90, "rare": 4})
+    assert out["diversity_ratio"] == 0.7 and out["diversity_ratio.rare"] == 1.1
+    assert out["diversity_ratio_weighted"] == pytest.approx((90 * 0.3 + 4 * 1.1) / 94)
+    assert "diversity_ratio_weighted" not in collapse_metrics(consistency)
+
+
+def test_report_images_draw_the_real_grid_from_different_patients():
+    from components.evaluate.core import REPORT_SAMPLES, report_images
+
+    n = 24  # one class, 4 patients of 6 consecutive slices each
+    images = np.linspace(-1, 1, n * 16 * 16, dtype=np.float32).reshape(n, 16, 16)
+    masks = np.zeros((n, 16, 16), np.uint8)
+    labels = np.zeros(n, dtype=np.int64)
+    patients = np.repeat(["p1", "p2", "p3", "p4"], 6)
+    real = (images, masks, labels)
+    samples, _ = report_images(real, real, ["normal"], [], np.arange(n).astype(str), patients)
+    assert samples[0]["n_real"] == REPORT_SAMPLES and samples[0]["n_real_patients"] == 4
+    samples, _ = report_images(real, real, ["normal"], [], np.arange(n).astype(str))  # old behaviour: first rows
+    assert samples[0]["n_real_patients"] is None
+
+
 def test_evaluate_writes_metrics_report_and_tracks(
     archive_dir, split_dir, trained_model, tiny_cfg, tmp_path, monkeypatch
 ):
     from components.archive import open_archive
-    from components.evaluate.core import evaluate, split_rows
+    from components.evaluate.core import _seeds, evaluate, split_rows
+    from components.evaluate.report import SECTIONS
+    from components.gan import sampling
     from components.metrics import features, medical
+    from components.metrics.features import array_fingerprint
     from components.rebalance.core import load_split
     from components.tracking import RunTracker
+
+    drawn = []  # (seed, number of samples) of every generator draw
+    generate = sampling.generate
+    monkeypatch.setattr(
+        sampling,
+        "generate",
+        lambda g, labels, seed, **k: drawn.append((seed, len(labels))) or generate(g, labels, seed, **k),
+    )
 
     assert tiny_cfg.eval.extra_extractors == ["medical"]  # the second feature space, beside pixels
     fitted = []  # what the medical network is trained on
@@ -197,6 +249,8 @@ def test_evaluate_writes_metrics_report_and_tracks(
     train_rows = split_rows(split, "train")
     n_val = len(split_rows(split, "val"))
     assert set(spaces) == {"pixels", "medical"}
+    val_rows = split_rows(split, "val")
+    per_class = split.set_index("index").loc[train_rows, "label"].value_counts().to_dict()
     assert spaces["pixels"] == {
         "role": "primary",
         "prefix": "",
@@ -206,8 +260,21 @@ def test_evaluate_writes_metrics_report_and_tracks(
         "n_fake": metrics["n_synthetic"],
         "n_holdout": n_val,
         "metrics": ["fid", "kid", "precision", "recall", "density", "coverage"],
+        # comparable numbers: the real reference set's content, its patients, how intervals resample them
+        "reference_sha256": array_fingerprint(np.asarray(archive.images[train_rows], dtype=np.float32)),
+        "holdout_sha256": array_fingerprint(np.asarray(archive.images[val_rows], dtype=np.float32)),
+        "n_patients": split.set_index("index").loc[train_rows, "patient"].nunique(),
+        "resampling": spaces["pixels"]["resampling"],
+        "n_real_per_class": {c: int(per_class.get(c, 0)) for c in archive.classes},
+        "n_fake_per_class": spaces["pixels"]["n_fake_per_class"],
+        "min_class_samples": 20,
+        "also": ["nn_copy_fraction", "nn_similarity_max", "nn_similarity_mean", "nn_real_baseline_median"],
     }
+    assert spaces["pixels"]["resampling"].startswith("patients")
+    assert sum(spaces["pixels"]["n_fake_per_class"].values()) == metrics["n_synthetic"]
     med = spaces["medical"]
+    for key in ("reference_sha256", "holdout_sha256", "n_patients", "n_real_per_class", "n_fake_per_class"):
+        assert med[key] == spaces["pixels"][key], key  # the same real and synthetic samples in both spaces
     assert med["role"] == "extra" and med["prefix"] == "medical_" and med["dim"] == medical.FEATURE_DIM
     assert len(med["fingerprint"]) == 64 and (med["n_real"], med["n_holdout"]) == (len(train_rows), n_val)
     assert med["trained_on"] == "real train split" and med["n_train"] == len(train_rows)
@@ -227,8 +294,11 @@ def test_evaluate_writes_metrics_report_and_tracks(
     assert metrics["min_class_diversity_ratio"] <= metrics["diversity_ratio"]
     assert "lesion_spread_ratio" in metrics and "diversity_ratio.normal" in metrics
     assert {"lesion_spread_ratio.benign", "lesion_spread_ratio.malignant"} <= set(metrics)
+    assert "diversity_ratio_weighted" in metrics
     html = (out / "report.html").read_text()
     assert "Samples per class" in html and "expect_x" in html and "pending" in html
+    assert all(section in html for section in SECTIONS)
+    assert "<script" not in html.lower() and "http://" not in html and "https://" not in html
     report = json.loads((out / "report.json").read_text())
     assert report["run_key"] == "k1" and report["class_distribution"]["train"]
     assert len(list((tmp_path / "cache").glob("pixels-*.npy"))) == 2  # the train split's, and val's for the selection
@@ -253,8 +323,31 @@ def test_evaluate_writes_metrics_report_and_tracks(
     selection = report["selection"]
     assert selection["steps"] == curve["steps"] and selection["final_step"] == metrics["final_step"] == 6
     assert metrics["selected_step"] == selection["selected_step"] == curve["steps"][choose(selection["fid"])]
-    kept_final = metrics["selected_step"] == metrics["final_step"]
-    assert (curve["fid"][-1] == pytest.approx(metrics["fid"])) is kept_final
+    # The headline's latents are a stream of their own, not the selection's: the curve (and the selection) drew with
+    # the "fid" stream, the headline (all fid_samples) with the "headline" stream.
+    seeds = _seeds(tiny_cfg.seed, "fid", "metrics", "seg_synth", "seg", "champion", "headline", "interpret")
+    n = int(metrics["n_synthetic"])
+    assert (seeds["headline"], n) in drawn and (seeds["fid"], n) in drawn
+    assert [s for s, k in drawn if k == n].count(seeds["headline"]) == 1  # one headline draw, for every metric
+    assert curve["fid"][-1] != pytest.approx(metrics["fid"])  # not the final point's samples any more
+    # Does the selection's winner beat the final model beyond noise? Said either way.
+    gap = selection["gap"]
+    if metrics["selected_step"] == metrics["final_step"]:
+        assert gap == {"compared": False, "reason": "the final model was selected: no gap to test"}
+    else:
+        assert gap["verdict"] in (
+            "beats the final model beyond noise",
+            "within noise of the final model",
+            "no interval",
+        )
+        assert metrics["selection_fid_gap"] == pytest.approx(gap["gap"])
+    # Interpretability: a latent walk per class, saliency from the training checkpoint's discriminator
+    it = report["interpretability"]
+    assert [i["class"] for i in it["interpolations"]] == list(archive.classes)
+    assert it["discriminator"]["step"] == metrics["final_step"] and it["saliency"]
+    assert {"real", "synthetic"} <= set(it["saliency"][0])
+    # Real grids from different patients
+    assert all(s["n_real_patients"] >= min(2, s["n_real"]) for s in report["samples"])
     assert "FID over training" in html and 'aria-label="FID by training step"' in html
     assert "fid_curve" in report["timings"]
     # The rebalance stage's split check sits beside the validate stage's results.
@@ -274,6 +367,8 @@ def test_evaluate_writes_metrics_report_and_tracks(
     assert run.data.metrics["eval/min_class_diversity_ratio"] == pytest.approx(metrics["min_class_diversity_ratio"])
     assert run.data.tags["eval.extractor.medical.fingerprint"] == med["fingerprint"]
     assert run.data.tags["eval.extractor.pixels.n_fake"] == str(int(metrics["n_synthetic"]))
+    assert run.data.tags["eval.extractor.pixels.reference_sha256"] == spaces["pixels"]["reference_sha256"]
+    assert run.data.tags["eval.extractor.medical.n_patients"] == str(spaces["medical"]["n_patients"])
 
     # Same inputs, same outputs on CPU (the real features and the medical weights now come from the cache).
     features._fitted_memo.clear()  # as in a new process

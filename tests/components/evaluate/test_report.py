@@ -4,17 +4,13 @@ import re
 import numpy as np
 import pytest
 
-from components.evaluate.report import overlay, pair_grid, png_base64, render_report, write_report
+from components.evaluate.report import overlay, pair_grid, png_base64, write_report
+from components.evaluate.report import render_report as render_html
 
-SECTIONS = [
-    "Metrics",
-    "Samples",
-    "Memorization audit",
-    "Training curves",
-    "Class distribution",
-    "Data validation",
-    "Gate decision",
-]
+
+def render_report(report: dict) -> str:
+    """The page with the whitespace between tags removed (the template's indentation is not what is checked)."""
+    return re.sub(r">\s+<", "><", render_html(report))
 
 
 def full_report() -> dict:
@@ -132,22 +128,32 @@ def assert_self_contained(html: str) -> None:
 
 def test_minimal_report_renders_every_section_as_missing_or_pending():
     html = render_report({})
-    for section in SECTIONS:
+    for section in ("Metrics", "Samples", "Memorization audit", "Training curves", "Class distribution"):
+        assert section in html
+    for section in ("Data validation", "Gate decision", "Latent interpolations", "Discriminator saliency"):
         assert section in html
     assert "pending" in html
     assert_self_contained(html)
 
 
+def metric_row(name: str, html: str) -> list[str]:
+    """The cells of the metrics table row of ``name`` (metric, value, CI, better, held-out, champion, n, source)."""
+    rows = re.findall(rf"<tr><td>{re.escape(name)}</td>(.*?)</tr>", html)
+    assert rows, name
+    return re.findall(r"<td[^>]*>(.*?)</td>", rows[-1])
+
+
 def test_full_report_has_sections_images_curves_and_escapes_data():
     html = render_report(full_report())
-    for section in SECTIONS:
+    for section in ("Metrics", "Samples", "Memorization audit", "Training curves", "Class distribution"):
         assert section in html
     assert "run-20260101-abc" in html and "rev=deadbeef" in html
     assert html.count("data:image/png;base64,") == 5
     assert html.count("<svg") == 2  # the losses chart + img_per_s
     assert "[10, 15]" in html  # the CI
-    assert re.search(r"<td>fid</td><td>12.5</td><td>\[10, 15\]</td><td>lower</td><td>5</td>", html)
-    assert re.search(r"<td>coverage</td><td>0.42</td><td></td><td>higher</td><td>0.8</td>", html)
+    evidence = html.split("<h2>Metrics</h2>")[1]
+    assert metric_row("fid", evidence)[:5] == ["12.5", "[10, 15]", "lower", "5", ""]
+    assert metric_row("coverage", evidence)[:5] == ["0.42", "", "higher", "0.8", ""]
     assert "<td>holdout_fid</td>" not in html  # a column, not a row of its own
     assert "expect_column_values_to_be_between" in html and "FAIL" in html
     assert "FLAGGED" in html
@@ -158,7 +164,7 @@ def test_full_report_has_sections_images_curves_and_escapes_data():
 
 def test_dice_section_states_the_convention_and_a_verdict_per_class():
     html = render_report(full_report())
-    section = html.split("Downstream segmentation")[1].split("<h2>")[0]
+    section = html.split("<h2>Downstream segmentation")[1].split("<h2>")[0]
     assert (
         "<b>benign</b>: top-up helped: gain +0.050 (95 % CI 0.010..0.090 over 3 test patients, 2 segmenter seeds)"
         in (section)
@@ -180,8 +186,10 @@ def test_dice_warns_loudly_when_the_real_only_baseline_did_not_learn():
     )
     d["gains"][1].update(ci=[-0.02, 0.09], verdict="no detectable difference")
     html = render_report(report)
-    assert html.count('class="bad warning"') == 2  # under the header and in the section
-    assert html.index("WARNING") < html.index("Gate decision")
+    assert html.count('class="bad warning"') == 1  # in the section
+    verdict = html.split("Gate decision")[1].split("<h2>")[0]  # the first screen: a red banner in the verdict
+    assert "FAILED: Dice baseline failed" in verdict and "malignant (Dice 0.26, worst seed 0)" in verdict
+    assert html.index("FAILED: Dice baseline failed") < html.index("<h2>Metrics") < html.index("WARNING")
     assert "not informative for malignant (Dice 0.26, worst seed 0)" in html and "dice_baseline_ok" in html
     floor = "<b>malignant</b>: not informative: the real-only baseline (Dice 0.26, worst seed 0) is below the floor 0.2"
     assert floor in html
@@ -201,7 +209,7 @@ def test_gate_section_shows_decision(tmp_path):
         "rules": [{"name": "fid", "mode": "min", "margin": 0.0}],
     }
     path = write_report(report, tmp_path)
-    html = path.read_text()
+    html = re.sub(r">\s+<", "><", path.read_text())
     assert "rejected" in html and "fid: 12.5 misses" in html and "fid (gate)" in html
     assert "pending" not in html.split("Gate decision")[1].split("<h2>")[0]
     stored = json.loads((tmp_path / "report.json").read_text())
@@ -305,7 +313,7 @@ def test_split_check_names_the_classes_with_too_few_patients_in_a_split():
     )
 
 
-def test_each_feature_space_has_its_table_with_the_extractor_and_sample_counts():
+def test_each_feature_space_has_its_rows_with_the_extractor_and_sample_counts():
     report = full_report()
     report["metrics"].update({"medical_fid": 40.0, "holdout_medical_fid": 18.0, "medical_fid.benign": 60.0})
     report["metrics"].update({"diversity_ratio": 0.4, "min_class_diversity_ratio": 0.1})
@@ -326,23 +334,43 @@ def test_each_feature_space_has_its_table_with_the_extractor_and_sample_counts()
     report["metrics"]["extractors"] = report["extractors"]  # as metrics.json carries it: not a metric row
     html = render_report(report)
     section = html.split("<h2>Metrics</h2>")[1].split("<h2>")[0]
-    primary, rest = section.split("Feature space <b>inception</b> (primary)")[1].split("Feature space <b>medical</b>")
+    spaces = section.split("<h3>Feature spaces</h3>")[1]
+    primary, rest = spaces.split("Feature space <b>inception</b> (primary)")[1].split("Feature space <b>medical</b>")
     assert (
         "weights <code>tf-inception-ccccccccccc\u2026</code>, 2048-d; 168 real (train split) vs 128 synthetic"
         in primary
     )
     assert "held-out real: 48 (val split)" in primary
-    assert re.search(r"<td>fid</td><td>12.5</td><td>\[10, 15\]</td><td>lower</td><td>5</td>", primary)
-    assert "medical_fid" not in primary
     assert "<code>" + "ab" * 12 + "\u2026</code>, 128-d" in rest and "loaded from the cache" in rest
     assert "trained here on the 168 images of the real train split only" in rest
-    medical_table, others = rest.split("<h3>Other metrics</h3>")
-    assert re.search(r"<td>medical_fid</td><td>40</td><td></td><td>lower</td><td>18</td>", medical_table)
-    assert "<td>dice_gain</td>" in others and "<td>dice_gain</td>" not in medical_table
-    assert re.search(r"<td>min_class_diversity_ratio</td><td>0.1</td><td></td><td>&asymp; 1</td>", others)
-    assert "extractors" not in others.split("<h3>Per class</h3>")[0]
-    assert re.search(r"<td>benign</td><td>medical_fid</td><td>medical</td><td>60</td>", section)
-    assert "inception (primary), medical (extra)" in html  # the header names both spaces
+    # every row names its extractor (name + weights) and its sample counts; one row per space, never mixed
+    assert metric_row("fid", section) == [
+        "12.5",
+        "[10, 15]",
+        "lower",
+        "5",
+        "",
+        "168 real / 128 synthetic",
+        "inception tf-incep\u2026",
+    ]
+    assert metric_row("medical_fid", section) == [
+        "40",
+        "",
+        "lower",
+        "18",
+        "",
+        "168 real / 128 synthetic",
+        "medical abababab\u2026",
+    ]
+    fidelity, diversity = section.split('<h3 id="group-fidelity">')[1].split('<h3 id="group-diversity">')
+    assert "<td>medical_fid</td>" in fidelity and "<td>dice_gain</td>" not in fidelity
+    assert "<td>dice_gain</td>" in section.split('<h3 id="group-utility">')[1]
+    assert metric_row("min_class_diversity_ratio", diversity)[:4] == ["0.1", "", "\u2248 1 (as real)", ""]
+    assert "<td>extractors</td>" not in section
+    # per class: a table per feature space, the class's value with its interval
+    medical = section.split("Fidelity per class &mdash; medical space")[1].split("</table>")[0]
+    assert "<td>benign" in medical and ">60<" in medical
+    assert "inception (primary, tf-inception\u2026), medical (extra, abababababab\u2026)" in html  # header: both
     assert_self_contained(html)
 
 
@@ -359,7 +387,7 @@ def test_collapse_ratios_are_charted_and_listed_beside_the_fid_curve():
     assert 'aria-label="collapse ratios by training step"' in section
     assert "<th>diversity ratio (worst class)</th><th>lesion spread ratio (worst class)</th>" in section
     assert "<td>400</td><td>60</td><td>0.5</td><td>0.3</td><td>0.4</td>" in section
-    assert "<td>1000</td><td>41.5</td><td>0.7</td><td>&ndash;</td><td>0.8</td>" in section
+    assert "<td>1000</td><td>41.5</td><td>0.7</td><td>\u2013</td><td>0.8</td>" in section
 
 
 def test_consistency_section_shows_the_lesion_spread_and_worst_class():
