@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test install data run lint compile lock clean
+.PHONY: quickstart test install browser data run lint compile lock clean
 
 # The CPU torch wheel is installed first and pinned, so no dependency can pull a multi-GB CUDA build.
 # requirements.lock pins every other package to the versions the project is tested with (the sample data's bytes,
@@ -29,8 +29,22 @@ run: $(STAMP)
 
 quickstart: data run
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+# Headless Chromium (Debian's package) for the review report's browser test
+# (tests/components/evaluate/test_report_browser.py). Installed when missing where this user may (root with apt-get);
+# elsewhere the test is skipped and says why. fonts-liberation gives the page metric-compatible sans fonts.
+BROWSER_PACKAGES := chromium fonts-liberation
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing $(BROWSER_PACKAGES) (apt-get) for the report's browser test"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends $(BROWSER_PACKAGES) >/dev/null 2>&1 || \
+	  { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends $(BROWSER_PACKAGES) >/dev/null; } || \
+	  echo "could not install chromium: the report's browser test will be skipped"; \
+	else echo "chromium is missing and this user cannot apt-get install it: the report's browser test will be skipped"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
