@@ -19,7 +19,8 @@ from components.errors import ConfigError
 
 TOPUP_SPACES = ("medical", "inception")  # topup.feature_space: the filter's feature space (never the GAN's)
 SELECT_SNAPSHOT = ("best_fid", "last")  # eval.select_snapshot: lowest val FID among the snapshots, or the final model
-GATE_MODES = ("min", "max", "at_least", "at_most")  # registry.gate[].mode: see GateMetric
+GATE_MODES = ("min", "max", "at_least", "at_most", "improves")  # registry.gate[].mode: see GateMetric
+PAIRED_METRICS = ("fid",)  # metrics the evaluate stage compares with the champion's, paired (mode "improves")
 ABSOLUTE_MODES = ("at_least", "at_most")  # judge the challenger alone; the only modes of registry.floor
 # eval.seg_arms: what the Dice evidence's segmenter trains on (components/metrics/dice.py)
 SEG_ARMS = ("real", "weighted-sampler", "class-weighted-loss", "real+synthetic", "synthetic")
@@ -293,6 +294,11 @@ class EvalConfig:
     # k of the k-nearest-neighbour balls of precision / recall / density / coverage (Naeem et al. 2020 use 5).
     manifold_k: int = 5
     bootstrap: int = 50
+    # Score the registry's champion in this evaluation too (components/evaluate/champion.py): same real features,
+    # extractor, labels and latents as the challenger, a paired bootstrap of the FID improvement
+    # (fid_improvement[_ci_low|_ci_high]) that gate rules of mode "improves" read. Costs one generation and feature
+    # pass per model (quickstart, 2-core CPU: ~40 s) when a champion exists.
+    compare_champion: bool = True
     # The Dice evidence (components/metrics/dice.py): a small BasicUNet trained per arm and segmenter seed, scored on
     # the real test patients (Dice on slices with a lesion; false positives on lesion-free slices). Arms (SEG_ARMS):
     # "real" (the train split drawn uniformly: the reference of every gain), "weighted-sampler" (drawn with the
@@ -348,7 +354,12 @@ class GateMetric:
     interval bounds, e.g.
     ``{name: dice_gain_ci_low.malignant, mode: at_least, margin: -0.05}``: with the top-up the rare class's Dice is
     not worse than without by more than 0.05, at 95 % confidence. An undefined value (a Dice baseline below
-    ``eval.seg_min_baseline_dice``, too few test patients for an interval) fails the rule.
+    ``eval.seg_min_baseline_dice``, too few test patients for an interval) fails the rule. ``improves`` (the
+    default rule, on ``fid``): the challenger's evaluation scored the current champion too, on the same data,
+    extractor, labels and latents (``eval.compare_champion``), and the lower end of the paired bootstrap interval of
+    the improvement (``fid_improvement_ci_low``, champion minus challenger) must exceed ``margin``: a difference within
+    noise keeps the champion. Without a champion the rule has nothing to compare and ``registry.floor`` decides; a
+    comparison made against a version that is no longer the champion fails it.
     """
 
     name: str = "fid"
@@ -371,7 +382,7 @@ class RegistryConfig:
     """MLflow model registry, the champion/challenger gate and the lock that serializes promotions."""
 
     model_name: str = "medgan-generator"
-    gate: list[GateMetric] = field(default_factory=lambda: [GateMetric("fid", "min", 0.0)])
+    gate: list[GateMetric] = field(default_factory=lambda: [GateMetric("fid", "improves", 0.0)])
     # Absolute rules (at_least / at_most) a challenger must clear to become champion, the first model included: with
     # no champion the relative rules have nothing to beat, and without a floor any first model would be promoted.
     # The default is in the primary feature space's units (Inception): the quickstart's 1000-step models score FID
@@ -549,6 +560,16 @@ class Config:
                 )
                 if why:
                     raise ConfigError(f"registry.{section}[{i}] names no metric of the evaluate stage: {why}")
+                if rule.mode == "improves" and rule.name not in PAIRED_METRICS:
+                    raise ConfigError(
+                        f"registry.{section}[{i}]: mode improves needs a paired comparison with the champion, which "
+                        f"evaluate makes for {', '.join(PAIRED_METRICS)} only, not {rule.name!r}"
+                    )
+                if rule.mode == "improves" and not self.eval.compare_champion:
+                    raise ConfigError(
+                        f"registry.{section}[{i}]: mode improves reads the champion comparison that "
+                        "eval.compare_champion=false turns off"
+                    )
 
     def to_json(self) -> str:
         """Serialise to JSON (the form passed between pipeline components)."""

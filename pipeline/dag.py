@@ -146,9 +146,11 @@ def build_pipeline(cfg: Config | None = None, cache: str = "") -> graph_componen
           5. train: class-conditional GAN (image + lesion mask), DDP via torchrun, or a Kubeflow TrainJob /
              PyTorchJob fed through the shared volume.
           6. evaluate: FID/KID with CIs, Dice real vs real+synthetic, memorization audit, review report.
-          7. register: MLflow model version as `challenger`, gate decision against `champion`.
-          8. gate: if the challenger wins, promote it to `champion`; else record the rejection. Both finalise the
-             report.
+          7. register: MLflow model version as `challenger` (the run's existing one on a retry), and a proposed
+             gate decision against `champion`.
+          8. gate: under the model's promotion lock, decide against the champion found there (compare-and-set on
+             `champion`, re-taken if it moved), promote or record the rejection, audit either way, finalise the
+             report and end the MLflow run FINISHED.
         """
         stages = _stages(cfg, data_dir, config_json, tracking_json, dataset_version_json, cache_dir)
         if cache:

@@ -45,6 +45,7 @@ import torch
 from components.archive import Archive, open_archive
 from components.config import Config
 from components.errors import ConfigError, DataError
+from components.evaluate.champion import champion_comparison, load_champion
 from components.evaluate.curve import candidate_features, fid_curve
 from components.evaluate.interpret import across_patients, interpretability
 from components.evaluate.provenance import champion_spaces, counts_per_class, space_provenance
@@ -769,6 +770,20 @@ def evaluate(
     curve = fid_curve(candidates, real_feats)
     timings["fid_curve"] = time.perf_counter() - clock
 
+    # 1b. the registry's champion, scored here like the challenger (paired FID improvement for the gate) --------------
+    clock = time.perf_counter()
+    tracking_uri = (tracking or {}).get("tracking_uri")
+    champion = (
+        load_champion(tracking_uri, cfg.registry.model_name, classes, cfg.data.image_size, device)
+        if ev.compare_champion
+        else (None, "eval.compare_champion is off")
+    )
+    champion_metrics, champion_section = champion_comparison(
+        champion, generator, real_feats, fake_labels, extractor, seeds["champion"], ev.bootstrap
+    )
+    metrics.update(champion_metrics)
+    timings["champion"] = time.perf_counter() - clock
+
     # 2. the synthetic top-up of the rare classes (split.strategy=gan-topup), from the selected generator ---------
     clock = time.perf_counter()
     topup = None
@@ -910,6 +925,7 @@ def evaluate(
         "losses": _losses(model_dir),
         "fid_curve": {**curve, "n_samples_headline": len(fake_labels)},
         "selection": selection,
+        "champion": champion_section,
         "champion_registry": champion_spaces((tracking or {}).get("tracking_uri"), cfg.registry.model_name),
         "interpretability": interpret,
         "topup": {"built": True, **topup[0]} if topup is not None else {"built": False, "strategy": cfg.split.strategy},

@@ -113,7 +113,13 @@ def register(
 
     champion = champion_version(client, name)
     champion_metrics = version_metrics(champion) if champion is not None else None
-    promote, reason = gate_decision(metrics, champion_metrics, cfg.registry.gate, cfg.registry.floor)
+    promote, reason = gate_decision(
+        metrics,
+        champion_metrics,
+        cfg.registry.gate,
+        cfg.registry.floor,
+        str(champion.version) if champion is not None else None,
+    )
     decision = {
         "decision": "promote" if promote else "reject",
         "reason": reason,
@@ -144,6 +150,9 @@ def log_generator(
     from components.register.pyfunc import GeneratorModel, signature
 
     mlflow.set_tracking_uri(tracker.tracking_uri)
+    # Without an active run MLflow 3 files a logged model under the process's current experiment, by default
+    # "Default" (0), whose artifacts live in ./mlruns of whatever folder the step runs in: name the run's own.
+    mlflow.set_experiment(experiment_id=tracker.experiment_id)
     model_dir = Path(model_dir)
     weights = Path(eval_dir) / "generator.pt"
     if not weights.is_file():

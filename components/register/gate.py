@@ -7,6 +7,10 @@ Two kinds of rule (:class:`components.config.GateMetric`):
   floor a model must clear to become champion at all, so a useless first model is not promoted by default;
 - **relative** (``min`` / ``max``): the challenger must beat the champion's value by more than ``margin`` (lower /
   higher is better). Without a champion there is nothing to beat and only the absolute rules decide.
+- **paired** (``improves``): the challenger's evaluation scored the champion too, on the same data, extractor,
+  labels and latents (:mod:`components.evaluate.champion`); the lower end of the improvement's paired bootstrap
+  interval (``<name>_improvement_ci_low``) must exceed ``margin``, so a difference within noise keeps the champion.
+  The comparison must have been made against the version that is champion when the gate decides.
 
 An undefined value (missing, NaN) fails an absolute rule and a relative one; a champion without a value for a
 relative rule's metric accepts the challenger's (the champion was registered before the metric existed).
@@ -25,10 +29,12 @@ def gate_decision(
     champion: dict[str, float] | None,
     rules: Iterable[GateMetric],
     floor: Iterable[GateMetric] = (),
+    champion_version: str | None = None,
 ) -> tuple[bool, str]:
     """Promote when the challenger clears every absolute rule (the floor included) and beats the champion on the rest.
 
-    Returns ``(promote, reason)``; the reason lists every rule with both values.
+    ``champion_version`` is the current champion's version (paired rules check that the challenger was compared
+    with it). Returns ``(promote, reason)``; the reason lists every rule with both values.
     """
     rules, floor = list(rules), list(floor)
     reasons, ok = [], True
@@ -40,6 +46,11 @@ def gate_decision(
         first = "no champion to beat: the first model becomes champion" if ok else "no champion, but a rule fails"
         return ok, "; ".join([first, *reasons])
     for rule in (r for r in rules if r.mode not in ABSOLUTE_MODES):
+        if rule.mode == "improves":
+            meets, why = _improves(challenger, rule, champion_version)
+            reasons.append(why)
+            ok = ok and meets
+            continue
         new, old = _defined(challenger.get(rule.name)), _defined(champion.get(rule.name))
         if new is None:
             reasons.append(f"{rule.name}: undefined for the challenger")
@@ -76,3 +87,27 @@ def _absolute(value: float | None, rule: GateMetric) -> tuple[bool, str]:
         )
     meets = value >= rule.margin if rule.mode == "at_least" else value <= rule.margin
     return meets, f"{rule.name}: {value:.4g} {'meets' if meets else 'misses'} {sign} {rule.margin:g}"
+
+
+def _improves(challenger: dict[str, float], rule: GateMetric, champion_version: str | None) -> tuple[bool, str]:
+    """A paired rule: the improvement over the champion, measured in the challenger's evaluation, beyond noise."""
+    compared = _defined(challenger.get("champion_version"))
+    if compared is None:
+        return False, (
+            f"{rule.name}: the challenger's evaluation did not score a champion (there was none then, or "
+            "eval.compare_champion was off): no paired comparison to decide on"
+        )
+    if champion_version is not None and str(int(compared)) != str(champion_version):
+        return False, (
+            f"{rule.name}: compared with champion v{int(compared)}, but the champion is now v{champion_version}: "
+            "evaluate again against it"
+        )
+    gain, low, high = (_defined(challenger.get(f"{rule.name}_improvement{s}")) for s in ("", "_ci_low", "_ci_high"))
+    if gain is None or low is None or high is None:
+        return False, f"{rule.name}: no interval for the improvement over champion v{int(compared)} (eval.bootstrap 0?)"
+    meets = low > rule.margin
+    return meets, (
+        f"{rule.name}: improvement over champion v{int(compared)} {gain:+.4g} (95% CI {low:+.4g}..{high:+.4g}, paired) "
+        f"{'clears' if meets else 'does not clear'} > {rule.margin:g}"
+        + ("" if meets else ": within noise, the champion stays" if high >= rule.margin else ": the champion is better")
+    )

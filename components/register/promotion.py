@@ -104,7 +104,7 @@ def decide_and_promote(
                         },
                     )
                 champ_metrics = version_metrics(champ) if champ is not None else None
-                promote, reason = gate_decision(challenger_metrics, champ_metrics, rules, floor)
+                promote, reason = gate_decision(challenger_metrics, champ_metrics, rules, floor, champ_v)
                 decided = {
                     **base,
                     "attempt": attempt,
@@ -242,7 +242,7 @@ def _operator_move(
             if champ_v == version:
                 raise RegistryError(f"version {version} is already the champion of {name!r}")
             champ_metrics = version_metrics(champ) if champ is not None else None
-            verdict, why = gate_decision(version_metrics(mv), champ_metrics, rules, floor)
+            verdict, why = gate_decision(version_metrics(mv), champ_metrics, rules, floor, champ_v)
             moved = _compare_and_set(client, name, champ_v, version, optimistic=target.kind == "none")
             if moved is not None:
                 continue  # moved under us outside the lock: choose again against the new champion

@@ -34,6 +34,9 @@ def test_two_local_runs_register_two_versions_and_gate_decides(phantom_dir, tiny
     else:
         assert "eval/dice_real_synth" not in metrics and "Arm real+synthetic was not trained" in html
     assert run.data.params["train.steps"] == str(cfg.train.steps)
+    # the logged model belongs to the pipeline's experiment (not "Default", whose artifacts go to ./mlruns)
+    logged = client.search_logged_models(experiment_ids=[exp.experiment_id])
+    assert [m.source_run_id for m in logged] == [run.info.run_id]
     assert len(client.get_metric_history(run.info.run_id, "train/loss_d")) >= 2  # per-step curve, not one value
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"samples", "report", "validation", "config", "gate"} <= artifacts, artifacts

@@ -147,9 +147,11 @@ def _eval_dir(tmp_path, name, fid):
     return d
 
 
-def test_register_gate_and_promote_against_a_real_tracking_server(mlflow_server, model_dir, tiny_cfg, tmp_path):
+def test_register_gate_and_promote_against_a_real_tracking_server(mlflow_server, model_dir, tmp_path):
     from mlflow.tracking import MlflowClient
 
+    # the registered FIDs of the metrics.json files written here decide (min rule): no paired comparison behind them
+    tiny_cfg = resolve("tiny", ['registry.gate=[{"name": "fid", "mode": "min"}]'])
     client = MlflowClient(mlflow_server)
     name = tiny_cfg.registry.model_name
     lineage = {"md5": "abc.dir", "rev": "deadbeef", "dataset_hash": "f00"}
