@@ -48,9 +48,8 @@ def _artifact_location(tracking_uri: str) -> str | None:
 
 def get_or_create_experiment(tracking_uri: str, name: str) -> str:
     """Return the id of experiment ``name``, creating it (with a local artifact root for SQLite) if needed."""
-    from mlflow.tracking import MlflowClient
-
     from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(name)
