@@ -31,7 +31,7 @@ from components.errors import RegistryError
 from components.evaluate.report import write_report
 from components.evaluate.spaces import extractor_tags
 from components.promotion_lock import lock_target
-from components.register.gate import gate_decision
+from components.register.gate import comparability, gate_decision
 from components.register.promotion import decide_and_promote
 from components.registry import (
     CHALLENGER,
@@ -119,6 +119,7 @@ def register(
         cfg.registry.gate,
         cfg.registry.floor,
         str(champion.version) if champion is not None else None,
+        comparability(version.tags, champion.tags) if champion is not None else None,
     )
     decision = {
         "decision": "promote" if promote else "reject",

@@ -30,11 +30,14 @@ def gate_decision(
     rules: Iterable[GateMetric],
     floor: Iterable[GateMetric] = (),
     champion_version: str | None = None,
+    not_comparable: str | None = None,
 ) -> tuple[bool, str]:
     """Promote when the challenger clears every absolute rule (the floor included) and beats the champion on the rest.
 
     ``champion_version`` is the current champion's version (paired rules check that the challenger was compared
-    with it). Returns ``(promote, reason)``; the reason lists every rule with both values.
+    with it); ``not_comparable`` says why the two versions' registered metrics were measured differently
+    (:func:`comparability`), which fails every relative rule. Returns ``(promote, reason)``; the reason lists every
+    rule with both values.
     """
     rules, floor = list(rules), list(floor)
     reasons, ok = [], True
@@ -50,6 +53,12 @@ def gate_decision(
             meets, why = _improves(challenger, rule, champion_version)
             reasons.append(why)
             ok = ok and meets
+            continue
+        if not_comparable:
+            reasons.append(
+                f"{rule.name}: the registered values are not comparable ({not_comparable}); use mode improves"
+            )
+            ok = False
             continue
         new, old = _defined(challenger.get(rule.name)), _defined(champion.get(rule.name))
         if new is None:
@@ -111,3 +120,35 @@ def _improves(challenger: dict[str, float], rule: GateMetric, champion_version: 
         f"{'clears' if meets else 'does not clear'} > {rule.margin:g}"
         + ("" if meets else ": within noise, the champion stays" if high >= rule.margin else ": the champion is better")
     )
+
+
+# Fields of a feature space's identity that must agree for two registered values of it to be compared: the network
+# (weights), the sample budget and the real reference set the values were measured against.
+COMPARED_FIELDS = ("fingerprint", "n_fake", "n_real", "reference_sha256", "resampling")
+
+
+def comparability(challenger_tags: dict[str, str], champion_tags: dict[str, str]) -> str | None:
+    """Why two versions' registered metrics cannot be compared, from their ``extractor.<space>.<field>`` tags, or None.
+
+    The primary feature spaces (``role`` primary) must be the same space with the same :data:`COMPARED_FIELDS`; a
+    field only one version records (registered before it existed) is not held against it.
+    """
+
+    def primary(tags: dict[str, str]) -> tuple[str | None, dict[str, str]]:
+        for key, value in tags.items():
+            if key.startswith("extractor.") and key.endswith(".role") and value == "primary":
+                space = key[len("extractor.") : -len(".role")]
+                return space, {
+                    f: tags[f"extractor.{space}.{f}"] for f in COMPARED_FIELDS if f"extractor.{space}.{f}" in tags
+                }
+        return None, {}
+
+    (new_space, new), (old_space, old) = primary(challenger_tags), primary(champion_tags)
+    if new_space is None or old_space is None:
+        return None  # a version registered before the identity was recorded: nothing to hold against it
+    if new_space != old_space:
+        return f"feature space {new_space} vs the champion's {old_space}"
+    differ = [f for f in COMPARED_FIELDS if f in new and f in old and new[f] != old[f]]
+    if differ:
+        return ", ".join(f"{f} {new[f][:16]} vs the champion's {old[f][:16]}" for f in differ) + f" ({new_space})"
+    return None

@@ -26,7 +26,7 @@ from typing import Any
 from components.config import GateMetric
 from components.errors import RegistryError
 from components.promotion_lock import LockTarget, promotion_lock
-from components.register.gate import gate_decision
+from components.register.gate import comparability, gate_decision
 from components.registry import (
     CHAMPION,
     FINAL,
@@ -104,7 +104,14 @@ def decide_and_promote(
                         },
                     )
                 champ_metrics = version_metrics(champ) if champ is not None else None
-                promote, reason = gate_decision(challenger_metrics, champ_metrics, rules, floor, champ_v)
+                promote, reason = gate_decision(
+                    challenger_metrics,
+                    champ_metrics,
+                    rules,
+                    floor,
+                    champ_v,
+                    _comparability(client, model_name, version, champ),
+                )
                 decided = {
                     **base,
                     "attempt": attempt,
@@ -242,7 +249,14 @@ def _operator_move(
             if champ_v == version:
                 raise RegistryError(f"version {version} is already the champion of {name!r}")
             champ_metrics = version_metrics(champ) if champ is not None else None
-            verdict, why = gate_decision(version_metrics(mv), champ_metrics, rules, floor, champ_v)
+            verdict, why = gate_decision(
+                version_metrics(mv),
+                champ_metrics,
+                rules,
+                floor,
+                champ_v,
+                comparability(mv.tags, champ.tags) if champ else None,
+            )
             moved = _compare_and_set(client, name, champ_v, version, optimistic=target.kind == "none")
             if moved is not None:
                 continue  # moved under us outside the lock: choose again against the new champion
@@ -269,3 +283,10 @@ def _operator_move(
                 },
             )
     raise RegistryError(f"champion of {name!r} kept moving during {MAX_ATTEMPTS} attempts; nothing changed")
+
+
+def _comparability(client: Any, model_name: str, version: str, champ: Any | None) -> str | None:
+    """:func:`components.register.gate.comparability` of ``version`` and the champion ``champ`` (None: no champion)."""
+    if champ is None:
+        return None
+    return comparability(client.get_model_version(model_name, version).tags, champ.tags)

@@ -50,3 +50,30 @@ def test_the_default_gate_is_paired_and_a_paired_rule_needs_a_paired_metric():
         resolve("quickstart", ['registry.gate=[{"name": "kid", "mode": "improves"}]'])
     with pytest.raises(ConfigError, match="eval.compare_champion=false"):
         resolve("quickstart", ["eval.compare_champion=false"])
+
+
+def space_tags(fingerprint: str = "abc", reference: str = "r1", n_fake: str = "128", space: str = "inception"):
+    pre = f"extractor.{space}."
+    return {
+        pre + "role": "primary",
+        pre + "fingerprint": fingerprint,
+        pre + "reference_sha256": reference,
+        pre + "n_fake": n_fake,
+        "extractor.medical.role": "extra",
+        "extractor.medical.fingerprint": "zzz",
+    }
+
+
+def test_registered_values_measured_differently_cannot_decide_a_relative_rule():
+    from components.register.gate import comparability
+
+    assert comparability(space_tags(), space_tags()) is None
+    assert comparability(space_tags(), {}) is None  # a champion registered before identities were recorded
+    assert "reference_sha256 r2 vs the champion's r1" in comparability(space_tags(reference="r2"), space_tags())
+    assert "n_fake 64" in comparability(space_tags(n_fake="64"), space_tags())
+    assert "feature space pixels vs the champion's inception" in comparability(space_tags(space="pixels"), space_tags())
+    why = comparability(space_tags(space="pixels"), space_tags())
+    rules = [GateMetric("fid", "min", 0.0)]
+    ok, reason = gate_decision({"fid": 9.0}, {"fid": 218.0}, rules, champion_version="1", not_comparable=why)
+    assert not ok and "not comparable" in reason and "use mode improves" in reason  # FID 9 in pixels "beats" 218
+    assert gate_decision({"fid": 9.0}, {"fid": 218.0}, rules, champion_version="1")[0]
