@@ -7,9 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -125,7 +123,7 @@ def test_the_entrypoint_refuses_before_starting_anything(tmp_path, monkeypatch, 
 
 
 @pytest.fixture(scope="module")
-def auth_server(tmp_path_factory):
+def auth_server(tmp_path_factory, server_runner):
     """``python -m components.auth`` serving MLflow with basic auth; tracking and auth stores in fresh PG databases."""
     psycopg2 = pytest.importorskip("psycopg2")
     suffix = uuid.uuid4().hex[:10]
@@ -144,43 +142,22 @@ def auth_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("auth-server")
     env = {k: v for k, v in os.environ.items() if k not in CLIENT_ENV}
     env.update(_settings(**{auth.AUTH_DB_ENV: uri["auth"]}), **{auth.SECRET_KEY_ENV: SECRET_KEY})
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # MLflow's GenAI job workers: seven processes nothing here uses
-    log = open(tmp / "server.log", "w")  # noqa: SIM115
     # fmt: off
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "components.auth", "--config", str(tmp / "basic_auth.ini"), "--",
-         "--backend-store-uri", uri["tracking"], "--artifacts-destination", str(tmp / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
+    command = [
+        sys.executable, "-m", "components.auth", "--config", str(tmp / "basic_auth.ini"), "--",
+        "--backend-store-uri", uri["tracking"], "--artifacts-destination", str(tmp / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]
     # fmt: on
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while not _healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail(f"basic-auth mlflow server did not start: {(tmp / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
+        with server_runner(
+            command, env, tmp / "server.log", f"http://127.0.0.1:{port}", "basic-auth mlflow server"
+        ) as url:
+            yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
         for name in databases.values():
             pg.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         pg.close()
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:  # /health is outside the auth app
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 @pytest.fixture
