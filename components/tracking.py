@@ -39,6 +39,21 @@ def default_tracking_uri(project_dir: str | os.PathLike[str] | None = None) -> s
     return f"sqlite:///{runs / 'mlflow.db'}"
 
 
+def prepare_local_store(tracking_uri: str, experiment: str) -> None:
+    """Create or migrate a SQLite tracking store and its experiment once, under the project's lock.
+
+    Two runs opening a new database at once would both create MLflow's tables (``duplicate column name``); the first
+    to take the lock does it, the other then finds the schema current. Other URIs are left alone.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    from components.projectlock import TRACKING_INIT_LOCK, project_lock
+
+    db = Path(tracking_uri[len("sqlite:///") :])
+    with project_lock(db.parent / TRACKING_INIT_LOCK, "creation of the tracking store"):
+        get_or_create_experiment(tracking_uri, experiment)  # opening the store creates and migrates its schema
+
+
 def _artifact_location(tracking_uri: str) -> str | None:
     # With a SQLite store MLflow would put artifacts under ./mlruns of whatever the cwd is; keep them beside the db.
     if tracking_uri.startswith("sqlite:///"):

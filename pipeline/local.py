@@ -21,7 +21,7 @@ from components import dataversion
 from components.config import Config
 from components.errors import DataError, MedganError
 from components.runstate import claim_run
-from components.tracking import RunTracker, default_tracking_uri, project_runs_dir
+from components.tracking import RunTracker, default_tracking_uri, prepare_local_store, project_runs_dir
 
 
 @dataclass
@@ -120,6 +120,7 @@ def run_local(
     tracking_uri = cfg.tracking.tracking_uri or default_tracking_uri(project_dir)
     tracking = {"tracking_uri": tracking_uri, "experiment": cfg.tracking.experiment, "run_key": run_key}
     lineage = dataversion.describe(data)
+    prepare_local_store(tracking_uri, cfg.tracking.experiment)  # before any task opens it: runs may start together
     tracker = RunTracker.of(tracking)  # created here, so that it names this process as its owner from the start
     claim_run(tracker)
     orphans = report_orphans(tracker, cfg.tracking.experiment)

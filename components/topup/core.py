@@ -32,6 +32,7 @@ or that was made for another archive.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -384,6 +385,17 @@ def dvc_remote_url(cfg: Config) -> str | None:
         return str(remote["url"]) if remote else None
 
 
+def _dvc_lock() -> contextlib.AbstractContextManager[None]:
+    """The project's DVC lock (runs of one project folder push to one remote), or none outside a local run."""
+    project = os.environ.get("MEDGAN_PROJECT_DIR")
+    if not project:
+        return contextlib.nullcontext()
+    from components.projectlock import DVC_LOCK, project_lock
+    from components.tracking import project_runs_dir
+
+    return project_lock(project_runs_dir(project) / DVC_LOCK, "DVC step (dvc add/push of its top-up)")
+
+
 def version_with_dvc(folder: str | os.PathLike[str], remote: str) -> dict[str, Any]:
     """``dvc add`` the folder in a scratch DVC project and ``dvc push`` it to ``remote``; return its lineage.
 
@@ -403,8 +415,9 @@ def version_with_dvc(folder: str | os.PathLike[str], remote: str) -> dict[str, A
                 conf["remote"]["store"] = {"url": remote}
             target = Path(tmp) / folder.name
             shutil.copytree(folder, target)
-            repo.add(str(target))
-            repo.push()
+            with _dvc_lock():
+                repo.add(str(target))
+                repo.push()
         finally:
             repo.close()
         pointer = (Path(tmp) / f"{folder.name}.dvc").read_text()
