@@ -22,8 +22,6 @@ from components.metrics.features import FeatureExtractor, extract_features
 from components.metrics.fid import fid_from_features
 from components.metrics.paired import paired_improvement
 
-CHAMPION_URI = "models:/{name}@champion"
-
 
 def load_champion(
     tracking_uri: str | None, model_name: str, classes: list[str], image_size: int, device: str
