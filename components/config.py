@@ -196,6 +196,11 @@ class TrainConfig:
     # into one (1 = full resolution). Pooling leaves only what changes the coarse structure (anatomy, lesion place):
     # pixel distance alone is also earned by high-frequency texture, which is what the rare class turned into.
     mode_seeking_pool: int = 1
+    # The push on a class's pairs times (class share / largest class share) ** this, where a class's share is its part
+    # of the weighted train draw: 0 pushes every class alike (MSGAN); 1 pushes a class with a tenth of the largest
+    # class's slices a tenth as hard. A rare class gives D few real slices to hold its samples near the data with, so
+    # an equal push spreads it beyond the data (bench/RESULTS.md, bounded mode seeking).
+    mode_seeking_share_power: float = 0.0
     # Transitional conditioning (Shahbazi et al. 2023, against the within-class collapse of class-conditional GANs on
     # little data): the class reaches G and D with weight 0 until step cond_transition_start (unconditional training),
     # then a weight rising linearly to 1 at step cond_transition_end (components/gan/networks.py

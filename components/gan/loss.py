@@ -57,6 +57,7 @@ class PhasedLoss:
         mode_seeking: float = 0.0,
         mode_seeking_cap: torch.Tensor | None = None,
         mode_seeking_pool: int = 1,
+        mode_seeking_class_weight: torch.Tensor | None = None,
         group_by_class: bool = False,
         class_weights: torch.Tensor | None = None,
     ) -> None:
@@ -75,6 +76,8 @@ class PhasedLoss:
         self.mode_seeking = float(mode_seeking)
         self.mode_seeking_cap = mode_seeking_cap  # per class: the ratio counts at most this much (None: unbounded)
         self.mode_seeking_pool = int(mode_seeking_pool)  # distances between pairs average-pooled by this factor
+        # per class: how hard its pairs are pushed apart (None: all alike); the term sees the weighted mean ratio
+        self.mode_seeking_class_weight = mode_seeking_class_weight
         self.group_by_class = group_by_class
         # split.strategy=class-weighted-loss: every sample's D and G loss times its class's weight (None: unweighted)
         self.class_weights = class_weights
@@ -149,7 +152,12 @@ class PhasedLoss:
             ratio = (a - b).abs().mean(dim=(1, 2, 3)) / (gen_z[:half] - gen_z[half : 2 * half]).abs().mean(dim=1)
             if self.mode_seeking_cap is not None:  # DSGAN's clamp: no push for a pair already as far apart as reals
                 ratio = torch.minimum(ratio, self.mode_seeking_cap[gen_labels[:half]])
-            loss = loss + self.mode_seeking / (ratio.mean() + 1e-5)
+            if self.mode_seeking_class_weight is None:
+                mean = ratio.mean()
+            else:  # a pair's gradient is proportional to its class's weight
+                w = self.mode_seeking_class_weight[gen_labels[:half]]
+                mean = (w * ratio).sum() / w.sum().clamp_min(1e-12)
+            loss = loss + self.mode_seeking / (mean + 1e-5)
         loss.backward()
         return stats
 

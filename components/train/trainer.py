@@ -355,6 +355,7 @@ def check_train_config(cfg: Config) -> None:
         "fid_snapshots",
         "mode_seeking",
         "mode_seeking_bound",
+        "mode_seeking_share_power",
         "mbstd_group",
     ):
         if getattr(tc, key) < 0:
@@ -509,6 +510,7 @@ class Trainer:
             mode_seeking=tc.mode_seeking,
             mode_seeking_cap=self._mode_seeking_cap() if tc.mode_seeking > 0 and tc.mode_seeking_bound > 0 else None,
             mode_seeking_pool=tc.mode_seeking_pool,
+            mode_seeking_class_weight=self._mode_seeking_class_weight() if tc.mode_seeking_share_power > 0 else None,
             group_by_class=tc.mbstd_group > 1,  # D's minibatch-stddev groups then hold one class each
             class_weights=self.class_loss_weights,
         )
@@ -604,6 +606,15 @@ class Trainer:
         fill = known.mean() if len(known) else torch.tensor(float("inf"), dtype=torch.float64)
         ratios = torch.where(torch.isfinite(ratios), ratios, fill)
         return (self.cfg.train.mode_seeking_bound * ratios).float().to(self.device)
+
+    def _mode_seeking_class_weight(self) -> torch.Tensor:
+        """Per class: (its share of the weighted train draw / the largest class's share) ** mode_seeking_share_power.
+
+        A class without train rows is never drawn; its weight is 0.
+        """
+        share = torch.zeros(len(self.classes), dtype=torch.float64)
+        share.index_add_(0, self.row_labels, self.weights)
+        return ((share / share.max()) ** self.cfg.train.mode_seeking_share_power).float().to(self.device)
 
     def _draw(self, step: int, salt: int) -> Batch:
         """Step ``step``'s generator and the weighted batch of real pairs (image, mask as float) + labels it drew.

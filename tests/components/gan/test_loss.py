@@ -77,6 +77,27 @@ def test_mode_seeking_cap_stops_the_push_for_pairs_already_as_far_apart_as_reals
     assert not torch.allclose(partial, unbounded) and not torch.allclose(partial, adversarial_only, atol=1e-7)
 
 
+def test_mode_seeking_class_weight_scales_the_push_on_each_class_s_pairs():
+    z, labels = torch.randn(6, 16, generator=torch.Generator().manual_seed(5)), torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def grads(weight):
+        G, D = _nets()
+        D.requires_grad_(False)
+        loss = PhasedLoss(G, D, mode_seeking=0.5, mode_seeking_class_weight=weight)
+        loss.accumulate_gradients("Gmain", None, None, z, labels, torch.Generator().manual_seed(1))
+        return torch.cat([p.grad.flatten() for p in G.parameters()])
+
+    unweighted = grads(None)
+    # Equal weights are the plain mean, whatever their scale.
+    assert torch.allclose(grads(torch.full((3,), 0.25)), unweighted, atol=1e-7)
+    # A weight-0 class is not pushed: only classes 0 and 1 count, as if the term saw their pairs alone.
+    spared = grads(torch.tensor([1.0, 1.0, 0.0]))
+    assert not torch.allclose(spared, unweighted, atol=1e-7)
+    # ... and the adversarial gradient stays: weights that spare every class leave only it.
+    _, adversarial_only = _g_grads(0.0, z, labels)
+    assert not torch.allclose(spared, adversarial_only, atol=1e-7)
+
+
 class RecordingD(Discriminator):
     """A discriminator that remembers the labels of every call."""
 

@@ -189,6 +189,7 @@ def test_repeated_nan_raises_training_error(train_data, tmp_path, monkeypatch):
         "train.lr_d=0",
         "train.mode_seeking=-0.1",
         "train.mode_seeking_bound=-1",
+        "train.mode_seeking_share_power=-1",
         "train.mode_seeking_pool=0",
         "train.cond_transition_start=-1",
         "train.mbstd_group=-1",
@@ -212,6 +213,20 @@ def test_the_effective_ema_decay_is_warmed_up_and_logged(train_data, tmp_path):
     assert ema_beta(0.999, 999) == pytest.approx(1000 / 1009)
     assert math.log(0.5) / math.log(ema_beta(0.999, 999)) == pytest.approx(77.4, abs=0.1)
     assert ema_beta(0.999, 8990) == pytest.approx(0.999) and ema_beta(0.999, 10**6) == 0.999
+
+
+def test_mode_seeking_class_weight_is_the_share_of_the_train_draw_to_a_power(train_data, tmp_path):
+    archive, split = train_data
+    trainer = Trainer(archive, split, tmp_path / "m", resolve("tiny", ["train.mode_seeking=0.01"]), None)
+    assert trainer.loss.mode_seeking_class_weight is None  # power 0: every class alike
+    cfg = resolve("tiny", ["train.mode_seeking=0.01", "train.mode_seeking_share_power=0.5"])
+    trainer = Trainer(archive, split, tmp_path / "w", cfg, None)
+    weight = trainer.loss.mode_seeking_class_weight
+    labels, draw = trainer.row_labels.numpy(), trainer.weights.numpy()
+    share = np.array([draw[labels == c].sum() for c in range(len(trainer.classes))])
+    assert weight.tolist() == pytest.approx(list(np.sqrt(share / share.max())), rel=1e-6)
+    assert weight.max().item() == 1.0 and len(set(weight.tolist())) > 1  # the test data is imbalanced
+    assert np.isfinite(trainer.fit()["final_losses"]["loss_g"])
 
 
 def test_mode_seeking_cap_is_the_bound_times_each_real_class_s_pairwise_distance(train_data, tmp_path):
