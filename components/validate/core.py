@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,22 @@ DISTRIBUTION_ARTIFACT = "rebalance/distribution.json"
 
 # Columns the archive suite adds to the manifest batch (see :func:`manifest_batch`).
 DERIVED_COLUMNS = ["lesion_mask_ok", "img_rows", "img_cols", "mask_rows", "mask_cols", "img_dtype", "mask_dtype"]
+
+MIN_ORIGINAL_SIZE = 16  # pixels a side of the original DICOM image, below which it is no usable slice
+MIN_IMAGE_STD = 1e-3  # an image's standard deviation below this: an almost constant image (a warning)
+
+# How a failure message names an offending row of each batch: the columns great-expectations returns with each
+# unexpected row (those the batch has), the full name, and the short one used in lists of rows sharing a value.
+ROW_NAMES: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "manifest": (("source_file", "label"), "{source_file} ({label})", "{source_file}"),
+    "classes": (("label",), "class {label}", "{label}"),
+    "schema": (("column",), "column {column}", "{column}"),
+    "drift": (("label", "fraction", "champion_fraction"), "class {label}", "{label}"),
+    "split": (("sample_id", "patient", "label"), "sample {sample_id} (patient {patient}, {label})", "{sample_id}"),
+    "patients": (("patient", "splits"), "patient {patient}", "{patient}"),
+    "class_patients": (("split", "label"), "{label} in {split}", "{label} in {split}"),
+}
+SHOWN = 5  # offending rows (or values) a failure message lists before "and N more"
 
 # Type of each manifest column, checked through the "schema" batch: a manifest written by another tool, or a column
 # that silently became strings or floats, fails here.
@@ -116,43 +134,130 @@ def build_expectations(cfg: Config, image_size: int | None = None, drift: bool =
     """The archive suite, per batch name, as great-expectations expectation objects tagged with a severity.
 
     Every image and mask must be ``image_size`` square (the archive's declared size; ``data.image_size`` if None).
+    Each expectation also carries the sentence its failure is reported with (see :func:`tag`).
     """
     import great_expectations.expectations as gxe
 
     v, d = cfg.validate, cfg.data
-    size = [int(image_size if image_size is not None else d.image_size)]
+    size = int(image_size if image_size is not None else d.image_size)
+    in_images = "in {n} of {total} images: {rows}"
 
+    def empty(column: str, why: str = "") -> Any:
+        says = f"column {column!r} is empty{why} {in_images}"
+        return crit(gxe.ExpectColumnValuesToNotBeNull(column=column), says=says)
+
+    def within(column: str, low: str, high: str, **bounds: float) -> Any:
+        return crit(
+            gxe.ExpectColumnValuesToBeBetween(column=column, **bounds),
+            says=f"column {column!r} outside [{low}, {high}] {in_images}",
+            each="{name}: {value:.4g}",
+        )
+
+    def array_property(column: str, expected: Any, what: str) -> Any:
+        return crit(
+            gxe.ExpectColumnValuesToBeInSet(column=column, value_set=[expected]),
+            says=f"column {column!r} ({what}) is not {expected}: {{rows}}",
+            each="{value} in {count} of {total} images ({names})",
+            group=True,
+        )
+
+    lesion = ", ".join(d.lesion_classes)
     manifest = [
-        crit(gxe.ExpectTableColumnsToMatchSet(column_set=[*MANIFEST_COLUMNS, *DERIVED_COLUMNS], exact_match=True)),
-        *[crit(gxe.ExpectColumnValuesToNotBeNull(column=c)) for c in ("sample_id", "patient", "label", "content_hash")],
+        crit(
+            gxe.ExpectTableColumnsToMatchSet(column_set=[*MANIFEST_COLUMNS, *DERIVED_COLUMNS], exact_match=True),
+            says="the manifest's columns are not the archive format's: missing {missing}; unexpected {unexpected}",
+        ),
+        *[empty(c) for c in ("sample_id", "patient", "label", "content_hash")],
         # NaN statistics mean NaN pixels; the range checks below would skip them as missing values
+        *[empty(c, " (NaN: the image has NaN pixels)") for c in ("img_min", "img_max", "img_mean", "img_std")],
+        empty("mask_fraction", " (NaN)"),
+        crit(
+            gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(d.classes)),
+            says=f"column 'label' has classes not in data.classes={','.join(d.classes)}: {{rows}}",
+            each="'{value}' in {count} image{s} ({names})",
+            group=True,
+        ),
         *[
-            crit(gxe.ExpectColumnValuesToNotBeNull(column=c))
-            for c in ("img_min", "img_max", "img_mean", "img_std", "mask_fraction")
+            within(
+                c,
+                f"validate.image_min={v.image_min:g}",
+                f"validate.image_max={v.image_max:g}",
+                min_value=v.image_min,
+                max_value=v.image_max,
+            )
+            for c in ("img_min", "img_max")
         ],
-        crit(gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(d.classes))),
-        crit(gxe.ExpectColumnValuesToBeBetween(column="img_min", min_value=v.image_min, max_value=v.image_max)),
-        crit(gxe.ExpectColumnValuesToBeBetween(column="img_max", min_value=v.image_min, max_value=v.image_max)),
-        crit(gxe.ExpectColumnValuesToBeBetween(column="orig_rows", min_value=16)),
-        crit(gxe.ExpectColumnValuesToBeBetween(column="orig_cols", min_value=16)),
-        *[crit(gxe.ExpectColumnValuesToBeInSet(column=c, value_set=size)) for c in DERIVED_COLUMNS[1:5]],
-        crit(gxe.ExpectColumnValuesToBeInSet(column="img_dtype", value_set=["float32"])),
-        crit(gxe.ExpectColumnValuesToBeInSet(column="mask_dtype", value_set=["uint8"])),
-        crit(gxe.ExpectColumnValuesToBeInSet(column="mask_binary", value_set=[True])),
-        crit(gxe.ExpectColumnValuesToBeInSet(column="lesion_mask_ok", value_set=[True])),
-        crit(gxe.ExpectColumnValuesToBeUnique(column="content_hash")),
-        crit(gxe.ExpectColumnUniqueValueCountToBeBetween(column="patient", min_value=v.min_patients)),
-        warn(gxe.ExpectColumnValuesToBeBetween(column="mask_fraction", min_value=0.0, max_value=v.max_mask_fraction)),
-        warn(gxe.ExpectColumnValuesToBeBetween(column="img_std", min_value=1e-3)),
+        *[
+            crit(
+                gxe.ExpectColumnValuesToBeBetween(column=c, min_value=MIN_ORIGINAL_SIZE),
+                says=f"column {c!r} below the {MIN_ORIGINAL_SIZE}-pixel minimum of an original image {in_images}",
+                each="{name}: {value}",
+            )
+            for c in ("orig_rows", "orig_cols")
+        ],
+        *[
+            array_property(f"{prefix}_{axis}", size, f"{axis} of {array}; the archive's image_size is {size}")
+            for prefix, array in (("img", "images.npy"), ("mask", "masks.npy"))
+            for axis in ("rows", "cols")
+        ],
+        array_property("img_dtype", "float32", "dtype of images.npy"),
+        array_property("mask_dtype", "uint8", "dtype of masks.npy"),
+        crit(
+            gxe.ExpectColumnValuesToBeInSet(column="mask_binary", value_set=[True]),
+            says=f"column 'mask_binary': the mask has values other than 0 and 1 {in_images}",
+            each="{name}",
+        ),
+        crit(
+            gxe.ExpectColumnValuesToBeInSet(column="lesion_mask_ok", value_set=[True]),
+            says=f"column 'lesion_mask_ok': an image of a lesion class (data.lesion_classes={lesion}) has an empty "
+            f"mask {in_images}",
+            each="{name}",
+        ),
+        crit(
+            gxe.ExpectColumnValuesToBeUnique(column="content_hash"),
+            says="column 'content_hash': {n} images are duplicates (same pixels and mask): {rows}",
+            each="{names} share content_hash {value:.12}",
+            group=True,
+        ),
+        crit(
+            gxe.ExpectColumnUniqueValueCountToBeBetween(column="patient", min_value=v.min_patients),
+            says=f"column 'patient' has {{observed}} distinct patients, fewer than "
+            f"validate.min_patients={v.min_patients}",
+        ),
+        warn(
+            gxe.ExpectColumnValuesToBeBetween(column="mask_fraction", min_value=0.0, max_value=v.max_mask_fraction),
+            says=f"column 'mask_fraction' above validate.max_mask_fraction={v.max_mask_fraction:g} {in_images}",
+            each="{name}: {value:.3g}",
+        ),
+        warn(
+            gxe.ExpectColumnValuesToBeBetween(column="img_std", min_value=MIN_IMAGE_STD),
+            says=f"column 'img_std' below {MIN_IMAGE_STD:g} (an almost constant image) {in_images}",
+            each="{name}: {value:.3g}",
+        ),
     ]
     classes = [
-        crit(gxe.ExpectColumnValuesToBeBetween(column="n_images", min_value=v.min_images_per_class)),
-        warn(gxe.ExpectColumnValuesToBeBetween(column="fraction", min_value=v.warn_min_class_fraction)),
+        crit(
+            gxe.ExpectColumnValuesToBeBetween(column="n_images", min_value=v.min_images_per_class),
+            says=f"{{rows}}, fewer than validate.min_images_per_class={v.min_images_per_class}",
+            each="class {label} has {value} image{s}",
+        ),
+        warn(
+            gxe.ExpectColumnValuesToBeBetween(column="fraction", min_value=v.warn_min_class_fraction),
+            says=f"{{rows}}, less than validate.warn_min_class_fraction={v.warn_min_class_fraction:g}",
+            each="class {label} is {value:.1%} of the images",
+        ),
     ]
-    schema = [crit(gxe.ExpectColumnValuesToBeNull(column="type_error"))]
+    types = gxe.ExpectColumnValuesToBeNull(column="type_error")
+    schema = [crit(types, says="manifest column types: {rows}", each="{value}")]
     suite = {"manifest": manifest, "schema": schema, "classes": classes}
     if drift:
-        suite["drift"] = [warn(gxe.ExpectColumnValuesToBeBetween(column="abs_diff", max_value=v.max_class_drift))]
+        suite["drift"] = [
+            warn(
+                gxe.ExpectColumnValuesToBeBetween(column="abs_diff", max_value=v.max_class_drift),
+                says=f"{{rows}}: moved by more than validate.max_class_drift={v.max_class_drift:g}",
+                each="class {label} is {fraction:.1%} of the images, {champion_fraction:.1%} in the champion's data",
+            )
+        ]
     return suite
 
 
@@ -168,36 +273,80 @@ def split_expectations(cfg: Config) -> dict[str, list[Any]]:
 
     v = cfg.validate
     enough = gxe.ExpectColumnValuesToBeNull(column="shortfall")
-    enough = crit(enough) if v.patients_per_class_severity == CRITICAL else warn(enough)
+    enough = (crit if v.patients_per_class_severity == CRITICAL else warn)(enough, says="{rows}", each="{value}")
     other, effect = (WARNING, "only report it") if enough.meta["severity"] == CRITICAL else (CRITICAL, "stop on it")
     enough.meta["hint"] = (
         f"every class needs validate.min_patients_per_class={v.min_patients_per_class} patients in each split: "
         f"add patients of the class, change the split fractions, or set validate.patients_per_class_severity="
         f"{other} to {effect}"
     )
+    in_rows = "in {n} of {total} rows of the split table: {rows}"
     return {
         "split": [
-            *[crit(gxe.ExpectColumnValuesToNotBeNull(column=c)) for c in ("sample_id", "patient", "label", "split")],
-            crit(gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS))),
-            crit(gxe.ExpectColumnValuesToBeUnique(column="index")),
-            crit(gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(cfg.data.classes))),
-            crit(gxe.ExpectColumnValuesToBeBetween(column="weight", min_value=0.0)),
+            *[
+                crit(gxe.ExpectColumnValuesToNotBeNull(column=c), says=f"column {c!r} is empty {in_rows}")
+                for c in ("sample_id", "patient", "label", "split")
+            ],
+            crit(
+                gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
+                says=f"column 'split' has splits other than {', '.join(SPLITS)}: {{rows}}",
+                each="'{value}' in {count} row{s} ({names})",
+                group=True,
+            ),
+            crit(
+                gxe.ExpectColumnValuesToBeUnique(column="index"),
+                says="column 'index': {n} rows share an archive index with another: {rows}",
+                each="{value} in {names}",
+                group=True,
+            ),
+            crit(
+                gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(cfg.data.classes)),
+                says=f"column 'label' has classes not in data.classes={','.join(cfg.data.classes)}: {{rows}}",
+                each="'{value}' in {count} row{s} ({names})",
+                group=True,
+            ),
+            crit(
+                gxe.ExpectColumnValuesToBeBetween(column="weight", min_value=0.0),
+                says=f"column 'weight' is negative {in_rows}",
+                each="{name}: {value:.4g}",
+            ),
         ],
-        "patients": [crit(gxe.ExpectColumnValuesToBeNull(column="leak"))],
+        "patients": [
+            crit(
+                gxe.ExpectColumnValuesToBeNull(column="leak"),
+                says="column 'leak': {rows}; a patient's images must all be in one split",
+                each="patient {patient} is in {splits}",
+            )
+        ],
         "class_patients": [enough],
     }
 
 
-def crit(e: Any) -> Any:
-    """Tag an expectation as critical: failing it stops the pipeline."""
-    e.meta = {"severity": CRITICAL}
+def tag(e: Any, severity: str, says: str | None = None, each: str | None = None, group: bool = False) -> Any:
+    """Give an expectation its severity and the sentence that reports its failure (see :func:`failure_message`).
+
+    ``says`` is the sentence, with the fields ``{rows}`` (the offending rows or values, a few of them and how many
+    more), ``{n}`` (rows that failed), ``{total}`` (rows checked), ``{observed}`` (the observed value of an
+    aggregate expectation), ``{missing}`` and ``{unexpected}`` (columns, for a column-set expectation). ``each``
+    names one offending row in ``{rows}``: with ``{name}`` (the row, see ``ROW_NAMES``), ``{value}`` (its value in
+    the column), ``{s}`` (plural ending for the value) and the batch's row columns; ``group`` lists each offending
+    value once instead, with ``{count}`` (its rows), ``{total}``, ``{names}`` (those rows) and ``{s}`` (for count).
+    """
+    e.meta = {"severity": severity}
+    e.meta.update({k: x for k, x in (("says", says), ("each", each)) if x})
+    if group:
+        e.meta["group"] = True
     return e
 
 
-def warn(e: Any) -> Any:
-    """Tag an expectation as a warning: failing it is logged and reported."""
-    e.meta = {"severity": WARNING}
-    return e
+def crit(e: Any, **message: Any) -> Any:
+    """Tag an expectation as critical: failing it stops the pipeline. ``message``: see :func:`tag`."""
+    return tag(e, CRITICAL, **message)
+
+
+def warn(e: Any, **message: Any) -> Any:
+    """Tag an expectation as a warning: failing it is logged and reported. ``message``: see :func:`tag`."""
+    return tag(e, WARNING, **message)
 
 
 def _run_suite(
@@ -219,12 +368,19 @@ def _run_suite(
         )
     results = []
     for definition in definitions:
-        # One checkpoint per batch: each needs its own dataframe as a batch parameter.
+        # One checkpoint per batch: each needs its own dataframe as a batch parameter, and its own row-naming columns
+        # (only those the batch has: asking for a missing one would fail every expectation of the batch).
+        frame = batches[definition.name]
+        names = [c for c in ROW_NAMES.get(definition.name, ((),))[0] if c in frame.columns]
+        result_format = {"result_format": "SUMMARY", "partial_unexpected_count": 20}
+        if names:
+            result_format["unexpected_index_column_names"] = names
         checkpoint = context.checkpoints.add_or_update(
             gx.Checkpoint(
                 name=f"medgan_{definition.name}",
                 validation_definitions=[definition],
                 actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+                result_format=result_format,
             )
         )
         results.append((definition.name, checkpoint.run(batch_parameters={"dataframe": batches[definition.name]})))
@@ -259,19 +415,22 @@ def run_checks(
             for vr in run.run_results.values():
                 for r in vr.results:
                     conf = r.expectation_config
-                    rows.append(
-                        {
-                            "batch": batch_name,
-                            "expectation": conf.type,
-                            "column": conf.kwargs.get("column", ""),
-                            "severity": (conf.meta or {}).get("severity", CRITICAL),
-                            "success": bool(r.success),
-                            "unexpected_count": int(r.result.get("unexpected_count") or 0),
-                            "observed": _short(r.result.get("observed_value")),
-                            "examples": [_short(x) for x in (r.result.get("partial_unexpected_list") or [])[:3]],
-                            **({"hint": conf.meta["hint"]} if (conf.meta or {}).get("hint") else {}),
-                        }
-                    )
+                    meta, column = conf.meta or {}, conf.kwargs.get("column", "")
+                    row = {
+                        "batch": batch_name,
+                        "expectation": conf.type,
+                        "column": column,
+                        "severity": meta.get("severity", CRITICAL),
+                        "success": bool(r.success),
+                        "unexpected_count": int(r.result.get("unexpected_count") or 0),
+                        "observed": _short(r.result.get("observed_value")),
+                        "examples": [_short(x) for x in (r.result.get("partial_unexpected_list") or [])[:3]],
+                        **({"hint": meta["hint"]} if meta.get("hint") else {}),
+                    }
+                    if not r.success:
+                        problem = _exception(r, column, batches[batch_name], batch_name)
+                        row["message"] = problem or failure_message(batch_name, column, dict(r.result), meta)
+                    rows.append(row)
         if docs.exists():
             shutil.rmtree(docs)
         shutil.copytree(Path(tmp) / "gx" / "uncommitted" / "data_docs" / "local_site", docs)
@@ -307,6 +466,10 @@ def validate(
 ) -> dict[str, Any]:
     """Validate the archive; write Data Docs and ``validation.json``; raise ``ValidationFailed`` on critical errors.
 
+    Every failure is one sentence naming the column, the offending classes or files and their values, and the config
+    key of the threshold (e.g. "class malignant has 4 images, fewer than validate.min_images_per_class=5"): the
+    critical ones make the exception's message, the warnings are printed to stderr; both are in ``validation.json``.
+
     With a tracker, the class fractions are also compared with those of the registry's ``champion`` model
     (a warning when a class moved by more than ``validate.max_class_drift``); the summary's ``drift`` says what
     was compared, or why the check was skipped.
@@ -338,6 +501,9 @@ def validate(
         tracker=tracker,
         extra={"drift": drift},
     )
+    for r in summary["results"]:  # the critical ones raised above; warnings are said here, and in the report
+        if not r["success"]:
+            print(f"[validate] warning: [{r['batch']}] {r['message']}", file=sys.stderr)
     return summary
 
 
@@ -457,17 +623,119 @@ def check_split(
 
 
 def format_failures(failed: list[dict[str, Any]], n_rows: int, what: str = "data validation") -> str:
-    """A short readable summary: which expectations failed and on how many rows."""
+    """A short readable summary: one line per failed expectation, naming its batch, column and offending values."""
     lines = [f"{what} failed: {len(failed)} critical expectation(s) not met ({n_rows} images)"]
     for r in failed:
-        where = f" on column {r['column']!r}" if r["column"] else ""
-        count = f": {r['unexpected_count']} row(s) unexpected" if r["unexpected_count"] else ""
-        observed = f" (observed {r['observed']})" if r["observed"] not in ("", None) else ""
-        examples = f", e.g. {', '.join(map(str, r['examples']))}" if r["examples"] else ""
-        lines.append(f"  - [{r['batch']}] {r['expectation']}{where}{count}{observed}{examples}")
+        lines.append(f"  - [{r['batch']}] {r.get('message') or _generic(r)}")
         if r.get("hint"):
             lines.append(f"    {r['hint']}")
     return "\n".join(lines)
+
+
+def failure_message(batch: str, column: str, result: dict[str, Any], meta: dict[str, Any]) -> str:
+    """The sentence of a failed expectation: its result told through the ``says``/``each`` of its ``meta``.
+
+    The offending rows are named by the batch's columns in ``ROW_NAMES``: a few of them, then how many more.
+    """
+    n = int(result.get("unexpected_count") or 0)
+    mismatched = (result.get("details") or {}).get("mismatched") or {}
+    fields = {
+        "n": n,
+        "total": result.get("element_count"),
+        "observed": _short(result.get("observed_value")),
+        "missing": ", ".join(map(str, mismatched.get("missing") or [])) or "none",
+        "unexpected": ", ".join(map(str, mismatched.get("unexpected") or [])) or "none",
+    }
+    fields["rows"] = _offenders(batch, column, result, meta, fields["total"])
+    says = meta.get("says")
+    if not says:
+        return _generic({"column": column, "unexpected_count": n, "observed": fields["observed"], "examples": []})
+    return says.format(**fields)
+
+
+def _offenders(batch: str, column: str, result: dict[str, Any], meta: dict[str, Any], total: Any) -> str:
+    """A few offending rows (or values, with ``group``) of a map expectation, then "and N more" rows."""
+    n = int(result.get("unexpected_count") or 0)
+    rows = result.get("partial_unexpected_index_list")
+    if rows is None:  # no row-naming columns: the values alone
+        rows = [{column: x} for x in result.get("partial_unexpected_list") or []]
+    rows = [{k: _plain(x) for k, x in row.items()} for row in rows]
+    each = meta.get("each", "{name}")
+    if not meta.get("group"):
+        items = [
+            _fill(
+                each,
+                {
+                    **row,
+                    "name": _row_name(batch, row, column),
+                    "value": row.get(column),
+                    "s": "" if row.get(column) == 1 else "s",
+                },
+            )
+            for row in rows[:SHOWN]
+        ]
+        return _listing(items, n - len(items))
+    counts = result.get("partial_unexpected_counts")
+    if not counts or "error" in counts[0]:  # unhashable values: counted from the rows at hand
+        counts = [{"value": x, "count": c} for x, c in Counter(row.get(column) for row in rows).most_common()]
+    items, listed = [], 0
+    for entry in counts[:SHOWN]:
+        value, count = _plain(entry["value"]), int(entry["count"])
+        names = [_row_name(batch, row, column, short=True) for row in rows if row.get(column) == value][:SHOWN]
+        fields = {"value": value, "count": count, "total": total, "s": "" if count == 1 else "s"}
+        items.append(_fill(each, {**fields, "names": _listing(names, count - len(names))}))
+        listed += count
+    return _listing(items, n - listed)
+
+
+def _row_name(batch: str, row: dict[str, Any], column: str, short: bool = False) -> str:
+    """The row as ``ROW_NAMES`` names it in its batch, or its value when the batch has no naming columns."""
+    _, full, brief = ROW_NAMES.get(batch, ((), "", ""))
+    template = brief if short else full
+    try:
+        return template.format(**row) if template else str(row.get(column))
+    except KeyError:  # a naming column the batch lacks
+        return str(row.get(column))
+
+
+def _fill(template: str, fields: dict[str, Any]) -> str:
+    """``template`` filled in; with a value its format does not fit (e.g. None for ``{value:.3g}``), name: value."""
+    try:
+        return template.format(**fields)
+    except (KeyError, ValueError, TypeError):
+        return f"{fields.get('name', fields.get('names', ''))}: {fields.get('value')}"
+
+
+def _listing(items: list[str], more: int) -> str:
+    """``a, b, c`` and, when ``more`` rows were left out, `` and N more``."""
+    return ", ".join(items) + (f" and {more} more" if more > 0 else "")
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds (so it formats and compares like one)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _exception(result: Any, column: str, frame: pd.DataFrame, batch: str) -> str | None:
+    """Why an expectation could not be evaluated at all (a missing column, an error in great-expectations), or None."""
+    if column and column not in frame.columns:
+        return f"column {column!r} is missing from the {batch} table"
+    info = result.exception_info or {}
+    if "raised_exception" in info:  # one exception for the whole expectation
+        info = {"": info}
+    for detail in info.values():
+        if isinstance(detail, dict) and detail.get("raised_exception"):
+            return f"column {column!r} could not be checked: {_short(detail.get('exception_message'))}"
+    return None
+
+
+def _generic(r: dict[str, Any]) -> str:
+    """The message of an expectation with no sentence of its own: column, rows affected, observed value, examples."""
+    where = f"column {r['column']!r}" if r["column"] else "table"
+    count = f": {r['unexpected_count']} row(s) unexpected" if r["unexpected_count"] else ""
+    observed = f" (observed {r['observed']})" if r["observed"] not in ("", None) else ""
+    examples = f", e.g. {', '.join(map(str, r['examples']))}" if r["examples"] else ""
+    return f"{where} failed{count}{observed}{examples}"
 
 
 def _short(value: Any) -> Any:
