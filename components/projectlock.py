@@ -19,11 +19,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from components.errors import MedganError
+from components.filelock import flock
 
 TRACKING_INIT_LOCK = ".mlflow-init.lock"
 DVC_LOCK = ".dvc.lock"
@@ -36,32 +36,16 @@ class ProjectBusy(MedganError):
 @contextlib.contextmanager
 def project_lock(path: str | os.PathLike[str], what: str, timeout_s: float = 600.0) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path`` for the block; ``what`` names the guarded step in the wait message."""
-    import fcntl
-
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + timeout_s
-        delay, said = 0.02, False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not said:
-                    print(f"medgan: waiting for the other run's {what} (lock {path})", file=sys.stderr, flush=True)
-                    said = True
-                if time.monotonic() > deadline:
-                    raise ProjectBusy(
-                        f"gave up after {timeout_s:g} s waiting for the other run's {what} (lock {path}); "
-                        "is a run of this project folder hanging?"
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.5)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+
+    def say() -> None:
+        print(f"medgan: waiting for the other run's {what} (lock {path})", file=sys.stderr, flush=True)
+
+    def give_up() -> ProjectBusy:
+        return ProjectBusy(
+            f"gave up after {timeout_s:g} s waiting for the other run's {what} (lock {path}); "
+            "is a run of this project folder hanging?"
+        )
+
+    with flock(path, timeout_s, give_up, on_wait=say):
+        yield

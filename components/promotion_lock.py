@@ -23,14 +23,14 @@ import contextlib
 import hashlib
 import os
 import re
-import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from components.errors import RegistryError
+from components.filelock import flock, wait_for
 
 LOCK_URI_ENV = "MEDGAN_REGISTRY_LOCK_URI"
 PG_SCHEMES = ("postgresql", "postgres")
@@ -102,7 +102,7 @@ def promotion_lock(target: LockTarget, timeout_s: float = 300.0) -> Iterator[Loc
         with _pg_lock(target, timeout_s):
             yield target
     elif target.kind == "file":
-        with _file_lock(Path(target.uri), timeout_s):
+        with flock(target.uri, timeout_s, _timed_out(timeout_s, target.describe())):
             yield target
     else:
         warnings.warn(
@@ -115,14 +115,8 @@ def promotion_lock(target: LockTarget, timeout_s: float = 300.0) -> Iterator[Loc
         yield target
 
 
-def _wait(attempt, timeout_s: float, what: str) -> None:  # noqa: ANN001 - a callable returning bool
-    deadline = time.monotonic() + timeout_s
-    delay = 0.02
-    while not attempt():
-        if time.monotonic() > deadline:
-            raise RegistryError(f"timed out after {timeout_s:g} s waiting for the promotion lock ({what})")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
+def _timed_out(timeout_s: float, what: str) -> Callable[[], RegistryError]:
+    return lambda: RegistryError(f"timed out after {timeout_s:g} s waiting for the promotion lock ({what})")
 
 
 @contextlib.contextmanager
@@ -141,34 +135,10 @@ def _pg_lock(target: LockTarget, timeout_s: float) -> Iterator[None]:
             cur.execute("SELECT pg_try_advisory_lock(%s)", (target.key,))
             return bool(cur.fetchone()[0])
 
-        _wait(attempt, timeout_s, target.describe())
+        wait_for(attempt, timeout_s, _timed_out(timeout_s, target.describe()))
         try:
             yield
         finally:
             cur.execute("SELECT pg_advisory_unlock(%s)", (target.key,))
     finally:
         conn.close()  # ends the session: PostgreSQL drops any advisory lock it still held
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path, timeout_s: float) -> Iterator[None]:
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-
-        def attempt() -> bool:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            return True
-
-        _wait(attempt, timeout_s, f"file lock {path}")
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)  # the kernel drops a flock with its last descriptor: a killed holder never blocks others
