@@ -102,7 +102,7 @@ _HEADER_KEYWORDS: tuple[str, ...] = (
 )
 _KEPT_TAGS = dicomscan.tags(_HEADER_KEYWORDS + PHI_TAGS)
 
-# Reason codes of a rejected image, with what each means (stable: quarantine.csv and the README use them). Masks
+# Reason codes of a rejected image, with what each means (stable: quarantine.csv and docs/data.md use them). Masks
 # (components.ingest.masks) and labels.csv rows (components.ingest.core) add their own.
 REASONS: dict[str, str] = {
     "empty_file": "the file is empty (0 bytes)",

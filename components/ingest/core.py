@@ -36,7 +36,7 @@ from components.ingest.masks import REASONS as MASK_REASONS
 log = logging.getLogger(__name__)
 
 # Reasons decided here, from labels.csv and the decoded arrays; decoding reasons come from components.dicomio, mask
-# reasons from components.ingest.masks. Codes are stable: quarantine.csv and the README's table use them.
+# reasons from components.ingest.masks. Codes are stable: quarantine.csv and the table in docs/data.md use them.
 INGEST_REASONS: dict[str, str] = {
     "path_escape": "the file or mask path leads outside the data folder ('..', absolute path or symlink); not read",
     "file_missing": "the file or mask named in labels.csv does not exist, or the file field is empty",

@@ -23,9 +23,9 @@ What it learns, and why.
   the features, not only whatever cue tells the classes apart.
 - No self-supervised target: on the quickstart data the two heads already give features that tell the classes of
   unseen patients apart (val, nearest class centroid: 94 %, majority class 71 %) and react to blur far more than the
-  val-vs-train difference (FID 145 for a 0.5 px blur vs 22.6; README); a contrastive or rotation head would need
-  augmentations that are not neutral for scans (flips swap laterality, rotations anatomy) and more training time than
-  the budget below allows.
+  val-vs-train difference (FID 145 for a 0.5 px blur vs 22.6; bench/RESULTS.md); a contrastive or rotation head
+  would need augmentations that are not neutral for scans (flips swap laterality, rotations anatomy) and more training
+  time than the budget below allows.
 
 Features are the penultimate activations, global-pooled at every scale so that fine texture counts: the mean and the
 standard deviation of the full-resolution stage (texture and edge energy), and the means of the three coarser stages
