@@ -7,14 +7,6 @@ import pytest
 from components.config import resolve
 from components.topup.core import open_topup
 
-LENIENT = [
-    "topup.min_realism=0",
-    "topup.max_copy_similarity=1.01",
-    "topup.mask_area_factor=1000",
-    "topup.min_contrast_fraction=0",
-    "topup.max_draw_factor=8",
-]
-
 
 @pytest.fixture
 def trained_model(request):
@@ -23,13 +15,13 @@ def trained_model(request):
 
 
 def test_gan_topup_is_built_from_the_selected_generator_versioned_and_logged(
-    archive_dir, split_dir, trained_model, tmp_path
+    archive_dir, split_dir, trained_model, lenient_topup, tmp_path
 ):
     from components.evaluate.core import evaluate
     from components.tracking import RunTracker
 
     remote = tmp_path / "remote"
-    cfg = resolve("tiny", [*LENIENT, "split.strategy=gan-topup", f"topup.dvc_remote={remote}"])
+    cfg = resolve("tiny", [*lenient_topup, "split.strategy=gan-topup", f"topup.dvc_remote={remote}"])
     tracking = {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "t", "run_key": "k1"}
     out, topup_dir = tmp_path / "eval", tmp_path / "topup"
     metrics = evaluate(

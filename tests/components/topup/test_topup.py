@@ -70,15 +70,6 @@ def test_the_filter_names_the_first_failed_check_of_each_candidate():
     assert plain["reason"].tolist() == ["mask", ""]
 
 
-LENIENT = [
-    "topup.min_realism=0",
-    "topup.max_copy_similarity=1.01",
-    "topup.mask_area_factor=1000",
-    "topup.min_contrast_fraction=0",
-    "topup.max_draw_factor=8",
-]
-
-
 def _embed(images):
     """A cheap, fixed feature space for the tests: 4x4 average-pooled pixels."""
     n, s = len(images), images.shape[1]
@@ -86,13 +77,23 @@ def _embed(images):
 
 
 @pytest.fixture
-def built(archive_dir, split_dir, model_dir, tmp_path):
-    cfg = resolve("tiny", [*LENIENT, f"topup.dvc_remote={tmp_path / 'remote'}"])
-    archive, split = open_archive(archive_dir), load_split(split_dir)
-    generator, meta = load_generator(model_dir)
-    out = tmp_path / "topup"
-    summary = build_topup(archive, split, generator, model_dir / GENERATOR_FILE, meta["step"], _embed, out, cfg)
-    return archive, split, out, summary, cfg
+def build(archive_dir, split_dir, model_dir, tmp_path):
+    """build(cfg) -> (archive, split, out, summary): a top-up of the tiny model's generator, in ``tmp_path/topup``."""
+
+    def make(cfg):
+        archive, split = open_archive(archive_dir), load_split(split_dir)
+        generator, meta = load_generator(model_dir)
+        out = tmp_path / "topup"
+        summary = build_topup(archive, split, generator, model_dir / GENERATOR_FILE, meta["step"], _embed, out, cfg)
+        return archive, split, out, summary
+
+    return make
+
+
+@pytest.fixture
+def built(build, lenient_topup, tmp_path):
+    cfg = resolve("tiny", [*lenient_topup, f"topup.dvc_remote={tmp_path / 'remote'}"])
+    return (*build(cfg), cfg)
 
 
 def test_top_up_is_a_train_only_archive_of_filtered_flagged_rows_with_the_planned_counts(built):
@@ -164,25 +165,12 @@ def test_the_top_up_is_pushed_to_the_dvc_remote_and_pulled_back_exactly(built, t
     assert version_with_dvc(out, dvc["remote"])["md5"] == dvc["md5"]
 
 
-def test_without_a_dvc_remote_the_top_up_is_written_and_marked_unversioned(
-    archive_dir, split_dir, model_dir, tmp_path, monkeypatch
-):
+def test_without_a_dvc_remote_the_top_up_is_written_and_marked_unversioned(build, lenient_topup, tmp_path, monkeypatch):
     monkeypatch.setenv("MEDGAN_PROJECT_DIR", str(tmp_path))  # no DVC project here or above
     monkeypatch.chdir(tmp_path)
-    cfg = resolve("tiny", LENIENT)
-    generator, meta = load_generator(model_dir)
-    summary = build_topup(
-        open_archive(archive_dir),
-        load_split(split_dir),
-        generator,
-        model_dir / GENERATOR_FILE,
-        meta["step"],
-        _embed,
-        tmp_path / "topup",
-        cfg,
-    )
+    _, _, out, summary = build(resolve("tiny", lenient_topup))
     assert summary["dvc"]["tracked"] is False and "no DVC remote" in summary["dvc"]["reason"]
-    assert open_topup(tmp_path / "topup")[1]["synthetic"].all()
+    assert open_topup(out)[1]["synthetic"].all()
 
 
 @pytest.mark.parametrize(
