@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from components.config import resolve  # noqa: E402
 from components.evaluate.core import evaluate  # noqa: E402
 from components.ingest.core import ingest  # noqa: E402
+from components.metric_names import HEADLINE_DISTRIBUTION  # noqa: E402
 from components.phantom import write_phantom  # noqa: E402
 from components.rebalance.core import rebalance  # noqa: E402
 from components.train.core import train  # noqa: E402
@@ -46,15 +47,7 @@ SALT = "experiment-salt-0123456789abcdef"
 # One segmenter seed of 20 steps per Dice arm: the Dice evidence is not what this benchmark compares.
 SHORT_DICE = ("eval.seg_seeds=1", "eval.seg_steps=20")
 REPORTED = (
-    "fid",
-    "kid",
-    "precision",
-    "recall",
-    "coverage",
-    "medical_fid",
-    "medical_precision",
-    "medical_recall",
-    "medical_coverage",
+    *HEADLINE_DISTRIBUTION,
     "diversity_ratio",
     "min_class_diversity_ratio",
     "lesion_spread_ratio",

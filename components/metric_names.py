@@ -25,6 +25,21 @@ from components.evaluate.spaces import HOLDOUT, space_prefix
 
 CI_SUFFIXES = ("_ci_low", "_ci_high")
 
+# The distribution metrics a reader compares first: the primary feature space's, then the medical space's. The head
+# of the review report's headline numbers (components/evaluate/verdict.py) and of the quality benchmark's columns
+# (bench/quality.py), so that both read the same metrics in the same order.
+HEADLINE_DISTRIBUTION = (
+    "fid",
+    "kid",
+    "precision",
+    "recall",
+    "coverage",
+    "medical_fid",
+    "medical_precision",
+    "medical_recall",
+    "medical_coverage",
+)
+
 
 @dataclass(frozen=True)
 class Family:

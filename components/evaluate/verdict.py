@@ -22,21 +22,14 @@ from components.evaluate.formatting import finite, fmt, short
 from components.evaluate.metric_groups import direction, spaces_of, split_key
 from components.evaluate.provenance import MIN_CLASS_SAMPLES, MIN_HEADLINE_SAMPLES
 from components.evaluate.spaces import HOLDOUT
+from components.metric_names import HEADLINE_DISTRIBUTION
 
 OFF_MANIFOLD = 0.05  # precision (or coverage) at most this: the samples are off the real manifold
 COLLAPSED = 0.3  # a class's diversity or lesion-spread ratio below this: collapsed
 DICE_SEED_SPREAD = 0.25  # the real arm's Dice varying more than this between segmenter seeds: unstable
 STANDARD_EXTRACTOR = "inception"
 HEADLINE = (  # the numbers a reviewer reads first, when present
-    "fid",
-    "kid",
-    "precision",
-    "recall",
-    "coverage",
-    "medical_fid",
-    "medical_precision",
-    "medical_recall",
-    "medical_coverage",
+    *HEADLINE_DISTRIBUTION,
     "min_class_diversity_ratio",
     "dice_gain",
     "class_accuracy",
