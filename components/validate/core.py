@@ -171,12 +171,7 @@ def build_expectations(cfg: Config, image_size: int | None = None, drift: bool =
         # NaN statistics mean NaN pixels; the range checks below would skip them as missing values
         *[empty(c, " (NaN: the image has NaN pixels)") for c in ("img_min", "img_max", "img_mean", "img_std")],
         empty("mask_fraction", " (NaN)"),
-        crit(
-            gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(d.classes)),
-            says=f"column 'label' has classes not in data.classes={','.join(d.classes)}: {{rows}}",
-            each="'{value}' in {count} image{s} ({names})",
-            group=True,
-        ),
+        configured_classes(d.classes, "image"),
         *[
             within(
                 c,
@@ -299,12 +294,7 @@ def split_expectations(cfg: Config) -> dict[str, list[Any]]:
                 each="{value} in {names}",
                 group=True,
             ),
-            crit(
-                gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(cfg.data.classes)),
-                says=f"column 'label' has classes not in data.classes={','.join(cfg.data.classes)}: {{rows}}",
-                each="'{value}' in {count} row{s} ({names})",
-                group=True,
-            ),
+            configured_classes(cfg.data.classes, "row"),
             crit(
                 gxe.ExpectColumnValuesToBeBetween(column="weight", min_value=0.0),
                 says=f"column 'weight' is negative {in_rows}",
@@ -320,6 +310,18 @@ def split_expectations(cfg: Config) -> dict[str, list[Any]]:
         ],
         "class_patients": [enough],
     }
+
+
+def configured_classes(classes: list[str], noun: str) -> Any:
+    """Critical: every ``label`` is one of ``data.classes``; the failure names each other class and its ``noun``s."""
+    import great_expectations.expectations as gxe
+
+    return crit(
+        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(classes)),
+        says=f"column 'label' has classes not in data.classes={','.join(classes)}: {{rows}}",
+        each=f"'{{value}}' in {{count}} {noun}{{s}} ({{names}})",
+        group=True,
+    )
 
 
 def tag(e: Any, severity: str, says: str | None = None, each: str | None = None, group: bool = False) -> Any:
