@@ -20,10 +20,10 @@ def _nets(seed=0):
     return RecordingG(z_dim=16, n_classes=3, channels=8, image_size=32), Discriminator(3, channels=8, image_size=32)
 
 
-def _g_grads(mode_seeking, z, labels):
+def _g_grads(mode_seeking, z, labels, **loss_options):
     G, D = _nets()
     D.requires_grad_(False)
-    loss = PhasedLoss(G, D, mode_seeking=mode_seeking)
+    loss = PhasedLoss(G, D, mode_seeking=mode_seeking, **loss_options)
     loss.accumulate_gradients("Gmain", None, None, z, labels, torch.Generator().manual_seed(1))
     return G.seen, torch.cat([p.grad.flatten() for p in G.parameters()])
 
@@ -60,11 +60,7 @@ def test_mode_seeking_cap_stops_the_push_for_pairs_already_as_far_apart_as_reals
     z, labels = torch.randn(6, 16, generator=torch.Generator().manual_seed(4)), torch.tensor([0, 1, 2, 0, 1, 2])
 
     def grads(cap):
-        G, D = _nets()
-        D.requires_grad_(False)
-        loss = PhasedLoss(G, D, mode_seeking=0.5, mode_seeking_cap=cap)
-        loss.accumulate_gradients("Gmain", None, None, z, labels, torch.Generator().manual_seed(1))
-        return torch.cat([p.grad.flatten() for p in G.parameters()])
+        return _g_grads(0.5, z, labels, mode_seeking_cap=cap)[1]
 
     _, adversarial_only = _g_grads(0.0, z, labels)
     unbounded = grads(None)
@@ -81,19 +77,15 @@ def test_mode_seeking_class_weight_scales_the_push_on_each_class_s_pairs():
     z, labels = torch.randn(6, 16, generator=torch.Generator().manual_seed(5)), torch.tensor([0, 1, 2, 0, 1, 2])
 
     def grads(weight):
-        G, D = _nets()
-        D.requires_grad_(False)
-        loss = PhasedLoss(G, D, mode_seeking=0.5, mode_seeking_class_weight=weight)
-        loss.accumulate_gradients("Gmain", None, None, z, labels, torch.Generator().manual_seed(1))
-        return torch.cat([p.grad.flatten() for p in G.parameters()])
+        return _g_grads(0.5, z, labels, mode_seeking_class_weight=weight)[1]
 
     unweighted = grads(None)
     # Equal weights are the plain mean, whatever their scale.
     assert torch.allclose(grads(torch.full((3,), 0.25)), unweighted, atol=1e-7)
-    # A weight-0 class is not pushed: only classes 0 and 1 count, as if the term saw their pairs alone.
+    # Sparing class 2 (weight 0) changes the gradient, and classes 0 and 1 are still pushed: it is neither the
+    # unweighted term's nor the adversarial gradient alone.
     spared = grads(torch.tensor([1.0, 1.0, 0.0]))
     assert not torch.allclose(spared, unweighted, atol=1e-7)
-    # ... and the adversarial gradient stays: weights that spare every class leave only it.
     _, adversarial_only = _g_grads(0.0, z, labels)
     assert not torch.allclose(spared, adversarial_only, atol=1e-7)
 
