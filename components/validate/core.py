@@ -385,7 +385,7 @@ def _run_suite(
                 result_format=result_format,
             )
         )
-        results.append((definition.name, checkpoint.run(batch_parameters={"dataframe": batches[definition.name]})))
+        results.append((definition.name, checkpoint.run(batch_parameters={"dataframe": frame})))
     return results
 
 
