@@ -17,6 +17,7 @@ from torch import nn
 
 from components.errors import ConfigError
 from components.gan.augment import diff_augment, parse_policy
+from components.gan.networks import group_size
 
 PHASES = ("Gmain", "Dmain", "Dreg")
 LOSSES = ("hinge", "nonsaturating")
@@ -60,6 +61,7 @@ class PhasedLoss:
         mode_seeking_class_weight: torch.Tensor | None = None,
         group_by_class: bool = False,
         class_weights: torch.Tensor | None = None,
+        augment_group: int = 1,
     ) -> None:
         if loss not in LOSSES:
             raise ConfigError(f"unknown train.loss {loss!r}; choose one of: {', '.join(LOSSES)}")
@@ -72,6 +74,8 @@ class PhasedLoss:
         self.r1_gamma = float(r1_gamma)
         self.r1_interval = int(r1_interval)
         self.augment = parse_policy(augment)
+        # D's minibatch-stddev group size when each group shares one augmentation draw (1: every pair its own)
+        self.augment_group = int(augment_group)
         self.autocast = autocast or contextlib.nullcontext
         self.mode_seeking = float(mode_seeking)
         self.mode_seeking_cap = mode_seeking_cap  # per class: the ratio counts at most this much (None: unbounded)
@@ -96,7 +100,7 @@ class PhasedLoss:
         self, D: nn.Module, pairs: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
         if self.augment:
-            pairs = diff_augment(pairs, self.augment, generator)
+            pairs = diff_augment(pairs, self.augment, generator, group_size(len(pairs), self.augment_group))
         with self.autocast():
             return D(pairs, labels).float()
 
@@ -197,7 +201,7 @@ class PhasedLoss:
         """Lazy R1: ``gamma/2 * E||grad_x D(x)||^2`` on real pairs, scaled by the interval it is applied at."""
         real = real.detach().requires_grad_(True)
         if self.augment:
-            augmented = diff_augment(real, self.augment, generator)
+            augmented = diff_augment(real, self.augment, generator, group_size(len(real), self.augment_group))
         else:
             augmented = real
         logits = self.D_reg(augmented, real_labels).float()

@@ -95,6 +95,38 @@ def test_diffaugment_moves_image_and_mask_together():
     assert not torch.equal(colored[:, 0], pair[:, 0].detach())
 
 
+@pytest.mark.parametrize("policy", ["translation", "cutout", "color", "translation,cutout,color"])
+def test_diffaugment_per_group_augments_each_group_alike_and_group_one_is_per_pair(policy):
+    torch.manual_seed(0)
+    pair = torch.rand(1, 2, 32, 32).expand(8, 2, 32, 32).contiguous()  # eight copies of one pair
+    out = diff_augment(pair, policy, torch.Generator().manual_seed(3), group=4)
+    for g in (0, 4):  # within a group: one draw
+        for i in range(g + 1, g + 4):
+            torch.testing.assert_close(out[i], out[g])
+    assert not torch.equal(out[0], out[4])  # the two groups drew differently
+    per_pair = diff_augment(pair, policy, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(per_pair, diff_augment(pair, policy, torch.Generator().manual_seed(3), group=1))
+    assert len({tuple(p.flatten().tolist()) for p in per_pair}) > 2  # per pair: (almost) every copy differs
+    with pytest.raises(ValueError, match="divide"):
+        diff_augment(pair, policy, torch.Generator().manual_seed(3), group=3)
+
+
+def test_per_group_augmentation_leaves_a_collapsed_group_without_spread_for_minibatch_stddev():
+    # A class whose samples are all one image: D's minibatch-stddev map must read 0, as it does unaugmented. Drawn
+    # per pair, the shifts and cutouts alone give the copies more spread than eight different (random) pairs have.
+    torch.manual_seed(0)
+    collapsed = torch.rand(1, 2, 32, 32).expand(8, 2, 32, 32).contiguous()
+    varied = torch.rand(8, 2, 32, 32)
+
+    def spread(x, group):
+        out = diff_augment(x, "translation,cutout", torch.Generator().manual_seed(5), group=group)
+        return minibatch_stddev(out, 4)[:, -1].mean().item()
+
+    assert spread(collapsed, 4) < 1e-3
+    assert spread(collapsed, 1) > spread(varied, 4)
+    assert spread(varied, 4) > 0.1
+
+
 def test_diffaugment_policy_is_checked():
     assert parse_policy(" translation, cutout ,") == ["translation", "cutout"]
     assert parse_policy("") == []
