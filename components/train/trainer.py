@@ -111,6 +111,9 @@ RESUME_SAFE_TRAIN_KEYS = frozenset(
     }
 )
 RESUME_COMPARED_KEYS = ("seed", "data.image_size", "data.classes")  # outside train.*
+# What a checkpoint written before a key existed trained with, where that is not the key's default today (a key added
+# with a new behaviour as its default): such a checkpoint must not resume under the new behaviour unannounced.
+BEFORE_KEY_EXISTED = {"train.diffaugment_per_group": False}
 OPTIONS_FILE = "training_options.json"
 LOSSES_FILE = "losses.csv"
 GRID_FILE = "samples.png"
@@ -300,9 +303,10 @@ def trajectory_changes(saved_config: str, cfg: Config) -> dict[str, tuple[Any, A
     """``{key: (saved, now)}`` for the settings that change the training trajectory and differ from the checkpoint's.
 
     Compared: :data:`RESUME_COMPARED_KEYS` and every ``train.*`` key outside :data:`RESUME_SAFE_TRAIN_KEYS`. A key
-    the checkpoint's config lacks (added to the code after it was written) counts with its default value.
+    the checkpoint's config lacks (added to the code after it was written) counts with its default value, or with the
+    behaviour before the key existed where :data:`BEFORE_KEY_EXISTED` names it.
     """
-    defaults = Config().flat()
+    defaults = {**Config().flat(), **BEFORE_KEY_EXISTED}
     saved = {**defaults, **flatten(json.loads(saved_config))}
     now = cfg.flat()
     keys = [

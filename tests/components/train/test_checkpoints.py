@@ -150,3 +150,13 @@ def test_a_key_the_checkpoint_predates_counts_with_its_default():
     assert trajectory_changes(json.dumps(saved), Config()) == {}
     changed = trajectory_changes(json.dumps(saved), resolve("quickstart", ["train.mode_seeking=0.01"]))
     assert changed == {"train.mode_seeking": (0.0, 0.01)}
+
+
+def test_a_key_the_checkpoint_predates_counts_with_the_behaviour_before_it_where_the_default_changed():
+    # Checkpoints from before train.diffaugment_per_group drew augmentations per pair, whatever the default is now.
+    saved = json.loads(Config().to_json())
+    del saved["train"]["diffaugment_per_group"]
+    per_group = resolve("quickstart", ["train.diffaugment_per_group=true"])
+    assert trajectory_changes(json.dumps(saved), per_group) == {"train.diffaugment_per_group": (False, True)}
+    per_pair = resolve("quickstart", ["train.diffaugment_per_group=false"])
+    assert trajectory_changes(json.dumps(saved), per_pair) == {}
