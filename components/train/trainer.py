@@ -360,7 +360,6 @@ def check_train_config(cfg: Config) -> None:
         "mode_seeking",
         "mode_seeking_bound",
         "mode_seeking_share_power",
-        "mode_seeking_start",
         "mbstd_group",
     ):
         if getattr(tc, key) < 0:
@@ -659,7 +658,6 @@ class Trainer:
         tc = self.cfg.train
         g, real, real_labels = self._batch(step)
         set_condition_weight(condition_schedule(step, tc.cond_transition_start, tc.cond_transition_end), self.G, self.D)
-        self.loss.mode_seeking = tc.mode_seeking if step >= tc.mode_seeking_start else 0.0
         gen_labels = self.row_labels[torch.multinomial(self.weights, self.batch, True, generator=g)].to(self.device)
         z_d = torch.randn(self.batch, tc.z_dim, generator=g).to(self.device)
         z_g = torch.randn(self.batch, tc.z_dim, generator=g).to(self.device)

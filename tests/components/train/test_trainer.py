@@ -191,7 +191,6 @@ def test_repeated_nan_raises_training_error(train_data, tmp_path, monkeypatch):
         "train.mode_seeking_bound=-1",
         "train.mode_seeking_share_power=-1",
         "train.mode_seeking_pool=0",
-        "train.mode_seeking_start=-1",
         "train.cond_transition_start=-1",
         "train.mbstd_group=-1",
         "train.nproc=3",
@@ -230,32 +229,15 @@ def test_mode_seeking_class_weight_is_the_share_of_the_train_draw_to_a_power(tra
     assert np.isfinite(trainer.fit()["final_losses"]["loss_g"])
 
 
-def test_augmentation_is_drawn_per_minibatch_stddev_group_only_when_asked(train_data, tmp_path):
+def test_augmentation_is_drawn_per_minibatch_stddev_group_by_default(train_data, tmp_path):
     archive, split = train_data
-    default = Trainer(archive, split, tmp_path / "a", resolve("tiny", ["train.mbstd_group=4"]), None)
-    assert default.loss.augment_group == 1
-    on = ["train.mbstd_group=4", "train.diffaugment_per_group=true"]
-    trainer = Trainer(archive, split, tmp_path / "b", resolve("tiny", on), None)
+    trainer = Trainer(archive, split, tmp_path / "a", resolve("tiny", ["train.mbstd_group=4"]), None)
     assert trainer.loss.augment_group == 4
     assert np.isfinite(trainer.fit()["final_losses"]["loss_d"])
-    off = ["train.mbstd_group=0", "train.diffaugment_per_group=true"]  # no groups in D: nothing to share a draw
-    assert Trainer(archive, split, tmp_path / "c", resolve("tiny", off), None).loss.augment_group == 1
-
-
-def test_mode_seeking_acts_from_its_start_step(train_data, tmp_path):
-    archive, split = train_data
-    cfg = resolve("tiny", ["train.mode_seeking=0.01", "train.mode_seeking_start=4"])
-    trainer = Trainer(archive, split, tmp_path / "m", cfg, None)
-    seen = []
-    g_main = trainer.loss.g_main
-
-    def spy(*args, **kwargs):
-        seen.append(trainer.loss.mode_seeking)
-        return g_main(*args, **kwargs)
-
-    trainer.loss.g_main = spy
-    trainer.fit()
-    assert seen == [0.0] * 4 + [0.01] * 2  # steps 0-3 without the term, 4 and 5 with it
+    per_pair = ["train.mbstd_group=4", "train.diffaugment_per_group=false"]
+    assert Trainer(archive, split, tmp_path / "b", resolve("tiny", per_pair), None).loss.augment_group == 1
+    no_groups = ["train.mbstd_group=0"]  # no groups in D: nothing to share a draw
+    assert Trainer(archive, split, tmp_path / "c", resolve("tiny", no_groups), None).loss.augment_group == 1
 
 
 def test_mode_seeking_cap_is_the_bound_times_each_real_class_s_pairwise_distance(train_data, tmp_path):
