@@ -37,6 +37,7 @@ from components.config import resolve  # noqa: E402
 from components.evaluate.core import check_split, load_split, train_split_data  # noqa: E402
 from components.gan.sampling import generate, list_snapshots, load_generator  # noqa: E402
 from components.metrics.collapse import class_statistics, collapse_ratios  # noqa: E402
+from components.metrics.consistency import pair_statistics  # noqa: E402
 from components.train.core import train  # noqa: E402
 
 LATENT_SEED = 123  # every generator of a run draws the same latents
@@ -49,22 +50,35 @@ def generator_collapse(
     generator, _ = load_generator(path)
     labels = np.repeat(np.arange(len(classes)), per_class)
     images, masks = generate(generator, labels, seed=LATENT_SEED)
-    names = np.asarray(classes)[labels]
-    ratios = collapse_ratios(real, class_statistics(images, masks, names, classes, lesion))["per_class"]
-    has_lesion = masks.reshape(len(masks), -1).any(axis=1)
-    out = {}
-    for i, cls in enumerate(classes):
-        sel = labels == i
-        out[cls] = {
+    synth = pair_statistics(images, masks, np.asarray(classes)[labels], classes, lesion)
+    ratios = collapse_ratios(real, synth)["per_class"]
+    return {
+        cls: {
             "diversity": ratios[cls]["diversity_ratio"],
             "lesion": ratios[cls].get("lesion_spread_ratio", float("nan")),
-            "mismatch": float((has_lesion[sel] != (cls in lesion)).mean()),
+            "mismatch": synth[cls]["label_mismatch"],
         }
-    return out
+        for cls in classes
+    }
+
+
+def real_statistics(data: tuple[Path, Path]) -> tuple[dict, list[str], list[str]]:
+    """The real train split's per-class statistics, every arm's reference, with the classes and lesion classes."""
+    archive_dir, split_dir = data
+    archive = open_archive(archive_dir)
+    fit = train_split_data(archive, check_split(load_split(split_dir), split_dir, len(archive)))
+    classes, lesion = archive.classes, archive.lesion_classes
+    return class_statistics(fit.images, fit.masks, np.asarray(classes)[fit.labels], classes, lesion), classes, lesion
 
 
 def run_arm(
-    data: tuple[Path, Path], out: Path, overrides: list[str], seed: int, per_class: int, preset: str = "quickstart"
+    data: tuple[Path, Path],
+    reference: tuple[dict, list[str], list[str]],
+    out: Path,
+    overrides: list[str],
+    seed: int,
+    per_class: int,
+    preset: str = "quickstart",
 ) -> dict:
     """Train one arm; the collapse statistics of each snapshot (by step) and of the final generator."""
     archive_dir, split_dir = data
@@ -72,16 +86,8 @@ def run_arm(
     clock = time.perf_counter()
     train(archive_dir, split_dir, out / "model", cfg)
     train_s = time.perf_counter() - clock
-    archive = open_archive(archive_dir)
-    fit = train_split_data(archive, check_split(load_split(split_dir), split_dir, len(archive)))
-    classes, lesion = archive.classes, archive.lesion_classes
-    real = class_statistics(fit.images, fit.masks, np.asarray(classes)[fit.labels], classes, lesion)
-    steps = {step: generator_collapse(p, real, classes, lesion, per_class) for step, p in list_snapshots(out / "model")}
-    return {
-        "steps": steps,
-        "final": generator_collapse(out / "model", real, classes, lesion, per_class),
-        "train_s": train_s,
-    }
+    steps = {step: generator_collapse(p, *reference, per_class) for step, p in list_snapshots(out / "model")}
+    return {"steps": steps, "final": generator_collapse(out / "model", *reference, per_class), "train_s": train_s}
 
 
 def line(stats: dict[str, dict[str, float]]) -> str:
@@ -110,9 +116,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         data = prepare(work, args.preset)
+        reference = real_statistics(data)
         for seed in seeds:
             for name, overrides in arms.items():
-                res = run_arm(data, work / f"{name}_s{seed}", overrides, seed, args.per_class, args.preset)
+                res = run_arm(data, reference, work / f"{name}_s{seed}", overrides, seed, args.per_class, args.preset)
                 for step, stats in res["steps"].items():
                     print(f"{name} seed={seed} step {step}: {line(stats)}", flush=True)
                 print(
