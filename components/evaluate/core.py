@@ -5,7 +5,7 @@
    (``eval.feature_extractor``, unprefixed keys) and in every ``eval.extra_extractors`` space (keys prefixed
    ``<name>_``), each with the held-out real reference; the synthetic class mix follows the real training split;
    FID over training from the trainer's snapshots (:mod:`.curve`), with per-class collapse ratios from the same
-   samples; with ``eval.select_snapshot=best_fid`` every metric scores the snapshot (or final model) of lowest FID
+   latents; with ``eval.select_snapshot=best_fid`` every metric scores the snapshot (or final model) of lowest FID
    on the val split (:mod:`.selection`), written as ``generator.pt`` for the register stage, with a paired test of
    whether it beats the final model beyond noise (:mod:`.uncertainty`, ``selection_fid_gap``). The headline samples
    draw latents of their own (seed stream ``headline``), not the ones the selection chose on; every interval
@@ -698,7 +698,9 @@ def evaluate(
     metrics_selection: dict[str, float] = {}
     if ev.select_snapshot == "best_fid":
         candidates = candidate_features(*curve_inputs, **curve_options)  # the curve's samples: scored on val here
-        chosen_path = choose_generator(candidates, selection, {"val": val_feats, "train": real_feats})
+        chosen_path = choose_generator(
+            candidates, selection, {"val": val_feats, "train": real_feats}, ev.select_min_diversity
+        )
         if selection["selected_step"] != final_step:
             generator, model_meta = load_generator(chosen_path, device=device)
         # does the winner beat the final model beyond noise? paired over the same latents, patients resampled

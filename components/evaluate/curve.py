@@ -88,8 +88,8 @@ def candidate_features(
     The samples are ``wanted`` (``eval.fid_curve_samples``) of the headline's ``fake_labels`` and latents ``seed``;
     ``final_feats`` are the headline's features of the final model (all of ``fake_labels``), reused when given (with
     ``collapse``, only together with ``final_samples``, the headline's images and masks). ``collapse`` is applied to
-    every candidate's curve samples (images, masks, labels) into ``Candidates.collapse``. No candidate at all when the
-    trainer kept no snapshot.
+    all of ``fake_labels``' samples of every candidate (images, masks, labels; the curve's subset would leave a rare
+    class a handful) into ``Candidates.collapse``. No candidate at all when the trainer kept no snapshot.
     """
     from components.gan.sampling import GENERATOR_FILE, generate, list_snapshots, load_generator
 
@@ -112,7 +112,9 @@ def candidate_features(
             images, masks = generate(generator, fake_labels, seed=seed)  # all latents drawn: the subset's are the same
             out.feats.append(extract_features(extractor, images[pick]))
         if collapse is not None:
-            out.collapse.append(collapse(images[pick], masks[pick], fake_labels[pick]))
+            # every generated sample, not only the curve's subset: the statistics cost no Inception pass, and a
+            # rare class has a handful of samples in the subset (selection.py reads them against a floor)
+            out.collapse.append(collapse(images, masks, fake_labels))
     return out
 
 

@@ -128,3 +128,60 @@ def test_without_a_usable_val_split_the_selection_scores_against_train_with_a_no
         assert "too few for an FID" in section["notes"][0]
         # ... and the held-out real baseline is undefined rather than computed on one image
         assert all(math.isnan(v) for v in holdout_metrics(train, val, {"bootstrap": 0}, seed=0).values())
+
+
+@pytest.mark.parametrize(
+    ("worst", "floor", "expected"),
+    [
+        ([0.4, 0.6, 0.7], 0.5, [1, 2]),
+        ([0.4, 0.3], 0.5, [0, 1]),  # none reaches the floor: every candidate, the FID alone decides
+        ([0.4, None, NAN], 0.5, [1, 2]),  # no statistics: never excluded
+        ([0.1, 0.2], 0.0, [0, 1]),  # floor 0: nothing excluded
+        ([0.5, 0.49], 0.5, [0]),  # at the floor counts as reaching it
+    ],
+)
+def test_eligible_keeps_the_candidates_at_the_diversity_floor(worst, floor, expected):
+    from components.evaluate.selection import eligible
+
+    assert eligible(worst, floor) == expected
+
+
+def _candidates(tmp_path, worst):
+    """Three candidates whose FID against ``real`` falls with the step, the last one best; worst-class ratios given."""
+    rng = np.random.default_rng(1)
+    real = rng.normal(size=(60, 5))
+    cand = Candidates(steps=[2, 4, 6], paths=[tmp_path / "a", tmp_path / "b", tmp_path / "c"], n_samples=40)
+    cand.feats = [rng.normal(size=(40, 5)) + shift for shift in (3.0, 1.0, 0.2)]
+    cand.collapse = [{"min_class_diversity_ratio": v} for v in worst]
+    return cand, real
+
+
+def test_the_selection_passes_over_a_candidate_with_a_collapsed_class(tmp_path):
+    cand, real = _candidates(tmp_path, [0.9, 0.7, 0.45])
+    section = {"notes": []}
+    assert choose_generator(cand, section, {"val": real, "train": real}, min_diversity=0.5) == tmp_path / "b"
+    assert section["selected_step"] == 4 and section["passed_over"] == [6]
+    assert section["fid"][2] < section["fid"][1] < section["fid"][0]  # step 6 had the lowest FID
+    assert section["min_class_diversity"] == [0.9, 0.7, 0.45]
+    assert "passed over" in section["notes"][0] and "step 6 (0.45)" in section["notes"][0]
+
+    # floor 0: the FID alone
+    section = {"notes": []}
+    assert choose_generator(cand, section, {"val": real, "train": real}) == tmp_path / "c"
+    assert section["passed_over"] == [] and section["notes"] == []
+
+
+def test_with_every_candidate_collapsed_the_fid_alone_decides_with_a_note(tmp_path):
+    cand, real = _candidates(tmp_path, [0.2, 0.3, 0.25])
+    section = {"notes": []}
+    assert choose_generator(cand, section, {"val": real, "train": real}, min_diversity=0.5) == tmp_path / "c"
+    assert section["passed_over"] == [] and "FID alone decided" in section["notes"][0]
+
+
+def test_select_min_diversity_rejects_a_negative_floor():
+    from components.config import resolve
+    from components.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="eval.select_min_diversity must be 0 or more"):
+        resolve("quickstart", ["eval.select_min_diversity=-0.1"])
+    assert resolve("quickstart").eval.select_min_diversity == 0.5
