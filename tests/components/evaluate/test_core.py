@@ -5,7 +5,7 @@ import pytest
 
 from components.errors import DataError
 from components.evaluate.core import check_split, metric_key, synthetic_label_plan
-from components.evaluate.selection import choose
+from components.evaluate.selection import choose, eligible
 
 
 @pytest.fixture
@@ -322,7 +322,12 @@ def test_evaluate_writes_metrics_report_and_tracks(
     assert set(curve["per_class"]) <= {"normal", "benign", "malignant"}
     selection = report["selection"]
     assert selection["steps"] == curve["steps"] and selection["final_step"] == metrics["final_step"] == 6
-    assert metrics["selected_step"] == selection["selected_step"] == curve["steps"][choose(selection["fid"])]
+    # the lowest selection FID among the candidates not passed over for a collapsed class
+    keep = eligible(selection["min_class_diversity"], tiny_cfg.eval.select_min_diversity)
+    assert selection["passed_over"] == [s for i, s in enumerate(curve["steps"]) if i not in keep]
+    best = keep[choose([selection["fid"][i] for i in keep])]
+    assert metrics["selected_step"] == selection["selected_step"] == curve["steps"][best]
+    assert selection["min_class_diversity"] == curve["min_class_diversity_ratio"]
     # The headline's latents are a stream of their own, not the selection's: the curve (and the selection) drew with
     # the "fid" stream, the headline (all fid_samples) with the "headline" stream.
     seeds = _seeds(tiny_cfg.seed, "fid", "metrics", "seg_synth", "seg", "champion", "headline", "interpret")
