@@ -334,10 +334,12 @@ class EvalConfig:
     # "last" keeps the final model and skips the selection.
     select_snapshot: str = "best_fid"
     # With best_fid, a candidate whose worst class's diversity ratio (synthetic / real pixel spread over all the samples
-    # the candidate generated for the curve) is below this is passed over while another candidate reaches it: the FID
-    # alone picked a snapshot with a class at 0.48 of the real variety over a final model at 0.51 (quickstart, seed 1;
-    # bench/RESULTS.md). No candidate reaching it: the FID alone decides, with a note. 0: the FID alone.
-    select_min_diversity: float = 0.5
+    # the candidate generated for the curve) is below this is passed over while another candidate reaches it, so the
+    # lowest FID cannot pick a collapsed snapshot. The default is the line below which the report warns of a collapsed
+    # class (components/evaluate/verdict.py COLLAPSED); at 0.5 the rule chose between candidates at 0.47-0.52, i.e. by
+    # noise, and paid +35 FID for it (quickstart seed 1, bench/RESULTS.md). None reaching it: the FID alone decides,
+    # with a note. 0: the FID alone.
+    select_min_diversity: float = 0.3
 
     def __post_init__(self) -> None:
         """Reject a bad value when the config is built, not after a whole training run."""

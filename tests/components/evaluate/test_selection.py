@@ -184,4 +184,7 @@ def test_select_min_diversity_rejects_a_negative_floor():
 
     with pytest.raises(ConfigError, match="eval.select_min_diversity must be 0 or more"):
         resolve("quickstart", ["eval.select_min_diversity=-0.1"])
-    assert resolve("quickstart").eval.select_min_diversity == 0.5
+    from components.evaluate.verdict import COLLAPSED
+
+    # the line below which the report warns of a collapsed class
+    assert resolve("quickstart").eval.select_min_diversity == COLLAPSED == 0.3
