@@ -73,20 +73,20 @@ def choose_generator(
     fids = candidates.fids(real)
     worst = [c.get("min_class_diversity_ratio") for c in candidates.collapse] or [None] * len(fids)
     keep = eligible(worst, min_diversity)
-    if min_diversity > 0 and len(keep) == len(fids) and any(v is not None and v < min_diversity for v in worst):
+    best = keep[choose([fids[i] for i in keep])]
+    passed = [i for i in range(len(fids)) if i not in keep]
+    if passed:
+        section["notes"].append(
+            f"passed over for a class below eval.select_min_diversity={min_diversity:g} of the real variety: "
+            + ", ".join(f"step {candidates.steps[i]} ({worst[i]:.2f})" for i in passed)
+        )
+    elif any(v is not None and v < min_diversity for v in worst):  # every candidate below: eligible kept them all
         section["notes"].append(
             f"no candidate has every class at eval.select_min_diversity={min_diversity:g} of the real variety or more: "
             "the selection FID alone decided"
         )
-    best = keep[choose([fids[i] for i in keep])]
-    passed_over = [candidates.steps[i] for i in range(len(fids)) if i not in keep]
-    if passed_over:
-        section["notes"].append(
-            f"passed over for a class below eval.select_min_diversity={min_diversity:g} of the real variety: "
-            + ", ".join(f"step {candidates.steps[i]} ({worst[i]:.2f})" for i in range(len(fids)) if i not in keep)
-        )
     section.update(
-        passed_over=passed_over,
+        passed_over=[candidates.steps[i] for i in passed],
         min_class_diversity=[v if v is not None and math.isfinite(v) else None for v in worst],
         steps=list(candidates.steps),
         fid=[v if math.isfinite(v) else None for v in fids],

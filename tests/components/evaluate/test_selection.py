@@ -11,7 +11,8 @@ import torch
 
 from components.evaluate.core import holdout_metrics
 from components.evaluate.curve import Candidates
-from components.evaluate.selection import choose, choose_generator
+from components.evaluate.selection import choose, choose_generator, eligible
+from components.evaluate.verdict import COLLAPSED
 from components.gan.sampling import list_snapshots, snapshot_path
 
 NAN = math.nan
@@ -141,8 +142,6 @@ def test_without_a_usable_val_split_the_selection_scores_against_train_with_a_no
     ],
 )
 def test_eligible_keeps_the_candidates_at_the_diversity_floor(worst, floor, expected):
-    from components.evaluate.selection import eligible
-
     assert eligible(worst, floor) == expected
 
 
@@ -184,7 +183,5 @@ def test_select_min_diversity_rejects_a_negative_floor():
 
     with pytest.raises(ConfigError, match="eval.select_min_diversity must be 0 or more"):
         resolve("quickstart", ["eval.select_min_diversity=-0.1"])
-    from components.evaluate.verdict import COLLAPSED
-
     # the line below which the report warns of a collapsed class
     assert resolve("quickstart").eval.select_min_diversity == COLLAPSED == 0.3
