@@ -225,6 +225,10 @@ class TrainConfig:
     # Quickstart, 3 seeds (bench/RESULTS.md): worst class's diversity ratio 0.29 -> 0.57, Inception FID +5 % (noise).
     # Checkpoints from before the key drew per pair (components/train/trainer.py BEFORE_KEY_EXISTED).
     diffaugment_per_group: bool = True
+    # Entries of diffaugment still drawn for every pair when diffaugment_per_group is on, e.g. "cutout": a shift shared
+    # by a group keeps a collapsed class visible to minibatch-stddev, and a cutout per pair gives D four times the
+    # cutouts per batch. Empty: every augmentation drawn per group. See docs/training.md (augmentation drawn per group).
+    diffaugment_per_pair: str = ""
     nproc: int = 1  # processes for torchrun --standalone (DDP)
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16

@@ -6,7 +6,7 @@ cannot overfit a small dataset while the generator still receives gradients thro
 image channel only, geometric ones move both channels with the same parameters so the mask stays registered to
 its image. Each sample draws its own parameters from ``generator`` (a CPU ``torch.Generator``), which makes a
 training step reproducible from its seed alone; with ``group`` > 1 each run of ``group`` consecutive samples shares one
-draw instead (:func:`diff_augment`).
+draw instead, except for the augmentations named to keep a draw per pair (:func:`diff_augment`).
 """
 
 from __future__ import annotations
@@ -83,28 +83,37 @@ AUGMENTATIONS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-def parse_policy(policy: str | Sequence[str]) -> list[str]:
-    """Split a comma list such as ``"translation,cutout"`` and check every name; empty means no augmentation."""
+def parse_policy(policy: str | Sequence[str], key: str = "train.diffaugment") -> list[str]:
+    """Split a comma list such as ``"translation,cutout"`` and check every name; empty means no augmentation.
+
+    ``key`` names the setting in the error message.
+    """
     names = [p.strip() for p in policy.split(",")] if isinstance(policy, str) else [p.strip() for p in policy]
     names = [p for p in names if p]
     unknown = [p for p in names if p not in AUGMENTATIONS]
     if unknown:
-        raise ConfigError(f"unknown train.diffaugment entries {unknown}; choose from: {', '.join(AUGMENTATIONS)}")
+        raise ConfigError(f"unknown {key} entries {unknown}; choose from: {', '.join(AUGMENTATIONS)}")
     return names
 
 
 def diff_augment(
-    x: torch.Tensor, policy: str | Sequence[str], generator: torch.Generator | None = None, group: int = 1
+    x: torch.Tensor,
+    policy: str | Sequence[str],
+    generator: torch.Generator | None = None,
+    group: int = 1,
+    per_pair: str | Sequence[str] = (),
 ) -> torch.Tensor:
     """Apply the augmentations named in ``policy``, in order, to a batch of pairs.
 
     ``group`` > 1: each run of ``group`` consecutive pairs (``group`` must divide the batch) is augmented alike, one
     draw per run. D's minibatch-stddev groups are such runs (one class each); drawn per pair, a shift of up to 8 px and
     a cutout of a quarter of the image would add their own spread to every group, so D would read a class whose
-    samples are all alike as varied as real pairs (bench/RESULTS.md, augmentation drawn per group).
+    samples are all alike as varied as real pairs (bench/RESULTS.md, augmentation drawn per group). The augmentations
+    named in ``per_pair`` are still drawn for every pair (``group`` applies to the others).
     """
     if group < 1 or x.shape[0] % group:
         raise ValueError(f"augmentation group {group} must be positive and divide the batch of {x.shape[0]}")
+    own_draw = set(parse_policy(per_pair, "train.diffaugment_per_pair"))
     for name in parse_policy(policy):
-        x = AUGMENTATIONS[name](x, generator, group)
+        x = AUGMENTATIONS[name](x, generator, 1 if name in own_draw else group)
     return x

@@ -62,6 +62,7 @@ class PhasedLoss:
         group_by_class: bool = False,
         class_weights: torch.Tensor | None = None,
         augment_group: int = 1,
+        augment_per_pair: str = "",
     ) -> None:
         if loss not in LOSSES:
             raise ConfigError(f"unknown train.loss {loss!r}; choose one of: {', '.join(LOSSES)}")
@@ -76,6 +77,13 @@ class PhasedLoss:
         self.augment = parse_policy(augment)
         # D's minibatch-stddev group size when each group shares one augmentation draw (1: every pair its own)
         self.augment_group = int(augment_group)
+        # augmentations still drawn for every pair when augment_group > 1 (e.g. the cutout, which hides no collapse)
+        self.augment_per_pair = parse_policy(augment_per_pair, "train.diffaugment_per_pair")
+        stray = [name for name in self.augment_per_pair if name not in self.augment]
+        if stray:
+            raise ConfigError(
+                f"train.diffaugment_per_pair names {stray}, which train.diffaugment ({augment!r}) does not apply"
+            )
         self.autocast = autocast or contextlib.nullcontext
         self.mode_seeking = float(mode_seeking)
         self.mode_seeking_cap = mode_seeking_cap  # per class: the ratio counts at most this much (None: unbounded)
@@ -96,11 +104,15 @@ class PhasedLoss:
             return per_sample.mean()
         return (per_sample.reshape(-1) * self.class_weights[labels]).mean()
 
+    def _augment(self, pairs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        group = group_size(len(pairs), self.augment_group)
+        return diff_augment(pairs, self.augment, generator, group, self.augment_per_pair)
+
     def _run_D(
         self, D: nn.Module, pairs: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
         if self.augment:
-            pairs = diff_augment(pairs, self.augment, generator, group_size(len(pairs), self.augment_group))
+            pairs = self._augment(pairs, generator)
         with self.autocast():
             return D(pairs, labels).float()
 
@@ -201,7 +213,7 @@ class PhasedLoss:
         """Lazy R1: ``gamma/2 * E||grad_x D(x)||^2`` on real pairs, scaled by the interval it is applied at."""
         real = real.detach().requires_grad_(True)
         if self.augment:
-            augmented = diff_augment(real, self.augment, generator, group_size(len(real), self.augment_group))
+            augmented = self._augment(real, generator)
         else:
             augmented = real
         logits = self.D_reg(augmented, real_labels).float()

@@ -113,7 +113,7 @@ RESUME_SAFE_TRAIN_KEYS = frozenset(
 RESUME_COMPARED_KEYS = ("seed", "data.image_size", "data.classes")  # outside train.*
 # What a checkpoint written before a key existed trained with, where that is not the key's default today (a key added
 # with a new behaviour as its default): such a checkpoint must not resume under the new behaviour unannounced.
-BEFORE_KEY_EXISTED = {"train.diffaugment_per_group": False}
+BEFORE_KEY_EXISTED = {"train.diffaugment_per_group": False, "train.diffaugment_per_pair": ""}
 OPTIONS_FILE = "training_options.json"
 LOSSES_FILE = "losses.csv"
 GRID_FILE = "samples.png"
@@ -518,6 +518,7 @@ class Trainer:
             group_by_class=tc.mbstd_group > 1,  # D's minibatch-stddev groups then hold one class each
             class_weights=self.class_loss_weights,
             augment_group=tc.mbstd_group if tc.diffaugment_per_group and tc.mbstd_group > 1 else 1,
+            augment_per_pair=tc.diffaugment_per_pair,
         )
 
         self.step = 0

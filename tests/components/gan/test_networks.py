@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from components.errors import ConfigError
-from components.gan.augment import diff_augment, parse_policy
+from components.gan.augment import diff_augment, parse_policy, rand_cutout, rand_translation
 from components.gan.networks import Discriminator, Generator, group_size, minibatch_stddev
 from components.gan.sampling import class_grid, generate
 
@@ -109,6 +109,30 @@ def test_diffaugment_per_group_augments_each_group_alike_and_group_one_is_per_pa
     assert len({tuple(p.flatten().tolist()) for p in per_pair}) > 2  # per pair: (almost) every copy differs
     with pytest.raises(ValueError, match="divide"):
         diff_augment(pair, policy, torch.Generator().manual_seed(3), group=3)
+
+
+def test_augmentations_named_per_pair_keep_their_own_draw_inside_a_group():
+    # Shift per group, cutout per pair: a group's copies share one shift, and each is cut in its own place.
+    torch.manual_seed(0)
+    image = torch.rand(1, 1, 32, 32) + 1.0  # no zeros, so the cutout's zeros show where it fell
+    pair = torch.cat([image, image], dim=1).expand(8, 2, 32, 32).contiguous()
+    out = diff_augment(pair, "translation,cutout", torch.Generator().manual_seed(3), group=4, per_pair="cutout")
+    gen = torch.Generator().manual_seed(3)  # the same draws, in the same order, done by hand
+    by_hand = rand_cutout(rand_translation(pair, gen, group=4), gen, group=1)
+    torch.testing.assert_close(out, by_hand)
+    shifted = diff_augment(pair, "translation", torch.Generator().manual_seed(3), group=4)
+    for g in (0, 4):  # outside the cutouts, a group's pairs are one shifted image
+        kept = (out[g : g + 4] != 0).all(dim=0)
+        torch.testing.assert_close(out[g : g + 4] * kept, shifted[g : g + 1].expand(4, -1, -1, -1) * kept)
+    cut = out[:, 0] == 0  # where each pair was cut (or shifted in from the border)
+    assert len({tuple(c.flatten().tolist()) for c in cut[:4]}) > 1  # the cutout differs within a group
+    # naming every augmentation per pair is the per-pair draw; naming none is the per-group one
+    everything = diff_augment(pair, "translation,cutout", torch.Generator().manual_seed(3), 4, "translation,cutout")
+    torch.testing.assert_close(everything, diff_augment(pair, "translation,cutout", torch.Generator().manual_seed(3)))
+    none = diff_augment(pair, "translation,cutout", torch.Generator().manual_seed(3), group=4, per_pair="")
+    torch.testing.assert_close(none, diff_augment(pair, "translation,cutout", torch.Generator().manual_seed(3), 4))
+    with pytest.raises(ConfigError, match="train.diffaugment_per_pair"):
+        diff_augment(pair, "translation", torch.Generator().manual_seed(3), group=4, per_pair="flip")
 
 
 def test_per_group_augmentation_leaves_a_collapsed_group_without_spread_for_minibatch_stddev():

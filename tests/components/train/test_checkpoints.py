@@ -160,3 +160,9 @@ def test_a_key_the_checkpoint_predates_counts_with_the_behaviour_before_it_where
     assert trajectory_changes(json.dumps(saved), per_group) == {"train.diffaugment_per_group": (False, True)}
     per_pair = resolve("quickstart", ["train.diffaugment_per_group=false"])
     assert trajectory_changes(json.dumps(saved), per_pair) == {}
+    # ... and drew every augmentation of a group alike once the groups existed, before train.diffaugment_per_pair
+    saved = json.loads(per_group.to_json())
+    del saved["train"]["diffaugment_per_pair"]
+    hybrid = resolve("quickstart", ["train.diffaugment_per_group=true", "train.diffaugment_per_pair=cutout"])
+    assert trajectory_changes(json.dumps(saved), hybrid) == {"train.diffaugment_per_pair": ("", "cutout")}
+    assert trajectory_changes(json.dumps(saved), per_group) == {}

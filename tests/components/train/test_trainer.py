@@ -238,6 +238,23 @@ def test_augmentation_is_drawn_per_minibatch_stddev_group_by_default(train_data,
     assert Trainer(archive, split, tmp_path / "b", resolve("tiny", per_pair), None).loss.augment_group == 1
     no_groups = ["train.mbstd_group=0"]  # no groups in D: nothing to share a draw
     assert Trainer(archive, split, tmp_path / "c", resolve("tiny", no_groups), None).loss.augment_group == 1
+    hybrid = ["train.mbstd_group=4", "train.diffaugment_per_pair=cutout"]
+    trainer = Trainer(archive, split, tmp_path / "d", resolve("tiny", hybrid), None)
+    assert (trainer.loss.augment_group, trainer.loss.augment_per_pair) == (4, ["cutout"])
+    assert np.isfinite(trainer.fit()["final_losses"]["loss_d"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["train.diffaugment_per_pair=flip"], "unknown train.diffaugment_per_pair entries"),
+        (["train.diffaugment=translation", "train.diffaugment_per_pair=cutout"], "does not apply"),
+    ],
+)
+def test_a_per_pair_augmentation_must_be_one_the_policy_applies(train_data, tmp_path, overrides, match):
+    archive, split = train_data
+    with pytest.raises(ConfigError, match=match):
+        Trainer(archive, split, tmp_path / "a", resolve("tiny", overrides), None)
 
 
 def test_mode_seeking_cap_is_the_bound_times_each_real_class_s_pairwise_distance(train_data, tmp_path):
