@@ -228,7 +228,7 @@ class TrainConfig:
     # Entries of diffaugment still drawn for every pair when diffaugment_per_group is on, e.g. "cutout": a shift shared
     # by a group keeps a collapsed class visible to minibatch-stddev, and a cutout per pair gives D four times the
     # cutouts per batch. Empty: every augmentation drawn per group. "cutout", 3 seeds (bench/RESULTS.md): longer budget
-    # Inception FID 118.3 -> 111.6 (noise), quickstart worst class 0.59 -> 0.47, so not the default. See
+    # Inception FID 112.9 -> 111.6 (the same), quickstart worst class 0.59 -> 0.47, so not the default. See
     # docs/training.md (augmentation drawn per group).
     diffaugment_per_pair: str = ""
     nproc: int = 1  # processes for torchrun --standalone (DDP)
